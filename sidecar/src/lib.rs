@@ -1,1 +1,21 @@
 //! The kube-mtls proxy: terminates inbound mutual TLS in front of a pod's app.
+//!
+//! - [`config`]: flags and their validation.
+//! - [`identity`]: SPIFFE/DNS identities and the allow-list.
+//! - [`tls`]: the certificate set, rustls configs, hot reload.
+//! - [`original_dst`]: where a redirected connection was going.
+//! - [`proxy`]: the inbound path, HTTP and TCP.
+//! - [`headers`]: XFCC and the headers a client may not forge.
+//! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
+//! - [`metrics`], [`io`] (idle timeout), [`server`] (start-up and drain).
+
+pub mod admin;
+pub mod config;
+pub mod headers;
+pub mod identity;
+pub mod io;
+pub mod metrics;
+pub mod original_dst;
+pub mod proxy;
+pub mod server;
+pub mod tls;

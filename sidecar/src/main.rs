@@ -1,3 +1,57 @@
-fn main() -> anyhow::Result<()> {
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::Parser;
+use kube_mtls_sidecar::config::{Args, Config};
+use kube_mtls_sidecar::{server, tls};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn init_logging(format: &str, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("--log-level (KUBE_MTLS_LOG_LEVEL): {level:?} is not a log filter; use e.g. info or debug"))?;
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        "auto" => !std::io::stderr().is_terminal(),
+        other => anyhow::bail!(
+            "--log-format (KUBE_MTLS_LOG_FORMAT): {other:?} is not json, text or auto"
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
     Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format, &args.log_level)?;
+    let cfg = Config::from_args(&args)?;
+    let store = tls::TlsStore::open(&cfg.cert_dir).with_context(|| {
+        format!(
+            "--cert-dir (KUBE_MTLS_CERT_DIR): the certificate set in {} cannot be used; mount the pod's certificate Secret there",
+            cfg.cert_dir.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        server::run(cfg, store, stop).await?;
+        Ok(())
+    })
 }

@@ -2,4 +2,12 @@
 //!
 //! - [`bins`]: paths of the workspace's built binaries.
 //! - [`certs`]: a throwaway CA and workload certificates, generated per test.
-//! - [`netns`]: "pods" built from Linux network namespaces.
+//! - [`tls`]: an mTLS HTTP client (rustls + hyper).
+//! - [`app`]: a stand-in app that echoes what it received.
+//! - [`process`]: running the real binaries, waiting for readiness, reading their logs.
+
+pub mod app;
+pub mod bins;
+pub mod certs;
+pub mod process;
+pub mod tls;

@@ -1,0 +1,183 @@
+//! Headers the app can trust.
+//!
+//! The client controls every header it sends, so anything that claims to say who
+//! the client is (XFCC, X-Forwarded-*, X-Real-IP, Forwarded) is removed before the
+//! request reaches the app and replaced with what the sidecar itself saw. The
+//! caller's XFCC value is built once per connection, since the certificate cannot
+//! change within it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::identity::PeerIdentity;
+
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Quotes a value for XFCC when it holds a separator, as Envoy does.
+fn push_value(out: &mut String, v: &str) {
+    if v.contains([',', ';', '=', '"']) {
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    } else {
+        out.push_str(v);
+    }
+}
+
+/// The `X-Forwarded-Client-Cert` value in Envoy's format:
+/// `By=<our URI>;Hash=<sha256 of the client cert>;Subject="...";URI=...;DNS=...`.
+pub fn xfcc_value(own: &PeerIdentity, peer: &PeerIdentity, peer_cert_hash: &str) -> HeaderValue {
+    let mut s = String::with_capacity(256);
+    if let Some(by) = own.uris.first() {
+        s.push_str("By=");
+        push_value(&mut s, by);
+        s.push(';');
+    }
+    s.push_str("Hash=");
+    s.push_str(peer_cert_hash);
+    s.push_str(";Subject=\"");
+    for c in peer.subject.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    for uri in &peer.uris {
+        s.push_str(";URI=");
+        push_value(&mut s, uri);
+    }
+    for dns in &peer.dns {
+        s.push_str(";DNS=");
+        push_value(&mut s, dns);
+    }
+    // Certificate fields are ASCII in practice; anything else is dropped rather
+    // than sent in a header that would not parse.
+    HeaderValue::from_str(&s).unwrap_or_else(|_| {
+        let ascii: String = s
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .collect();
+        HeaderValue::from_str(&ascii).unwrap_or(HeaderValue::from_static(""))
+    })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it
+/// names, plus the classic hop-by-hop set. `TE: trailers` survives, since gRPC
+/// needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(&name);
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Replaces every identity-bearing header the client sent with what the sidecar knows.
+pub fn set_forwarding(headers: &mut HeaderMap, xfcc: &HeaderValue, client_ip: &HeaderValue) {
+    for name in [&X_FORWARDED_HOST, &X_FORWARDED_PORT, &X_REAL_IP, &FORWARDED] {
+        headers.remove(name);
+    }
+    headers.insert(XFCC.clone(), xfcc.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SpiffeId;
+
+    #[test]
+    fn xfcc_format() {
+        let own = PeerIdentity {
+            uris: vec!["spiffe://cluster.local/ns/shop/sa/orders".into()],
+            ..Default::default()
+        };
+        let peer = PeerIdentity {
+            spiffe: SpiffeId::parse("spiffe://cluster.local/ns/web/sa/front"),
+            uris: vec!["spiffe://cluster.local/ns/web/sa/front".into()],
+            dns: vec!["front.web.svc".into()],
+            subject: "CN=front,O=web".into(),
+        };
+        let v = xfcc_value(&own, &peer, "ab12");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "By=spiffe://cluster.local/ns/shop/sa/orders;Hash=ab12;Subject=\"CN=front,O=web\";URI=spiffe://cluster.local/ns/web/sa/front;DNS=front.web.svc"
+        );
+    }
+
+    #[test]
+    fn spoofed_and_hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert(
+            "x-forwarded-client-cert",
+            HeaderValue::from_static("By=evil"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        set_forwarding(
+            &mut h,
+            &HeaderValue::from_static("By=real"),
+            &HeaderValue::from_static("10.0.0.9"),
+        );
+        assert!(
+            h.get("connection").is_none()
+                && h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+        );
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get_all("x-forwarded-client-cert").iter().count(), 1);
+        assert_eq!(h.get("x-forwarded-client-cert").unwrap(), "By=real");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+}

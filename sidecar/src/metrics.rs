@@ -1,0 +1,204 @@
+//! Prometheus metrics, all prefixed `kube_mtls_sidecar_`.
+//!
+//! Labelled counters are resolved once here, at start-up, and kept as plain
+//! handles: incrementing one on the hot path is a single atomic add, with no
+//! label hashing and no lock.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Result_ {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: String,
+}
+
+/// Why a connection or request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoClientCert,
+    UntrustedCert,
+    ExpiredCert,
+    NotYetValidCert,
+    WrongKeyUsage,
+    HandshakeFailed,
+    HandshakeTimeout,
+    NotAllowed,
+    ConnectionLimit,
+    NotRedirected,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 10] = [
+        Refusal::NoClientCert,
+        Refusal::UntrustedCert,
+        Refusal::ExpiredCert,
+        Refusal::NotYetValidCert,
+        Refusal::WrongKeyUsage,
+        Refusal::HandshakeFailed,
+        Refusal::HandshakeTimeout,
+        Refusal::NotAllowed,
+        Refusal::ConnectionLimit,
+        Refusal::NotRedirected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoClientCert => "no_client_certificate",
+            Refusal::UntrustedCert => "untrusted_certificate",
+            Refusal::ExpiredCert => "expired_certificate",
+            Refusal::NotYetValidCert => "not_yet_valid_certificate",
+            Refusal::WrongKeyUsage => "wrong_key_usage",
+            Refusal::HandshakeFailed => "handshake_failed",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::NotAllowed => "identity_not_allowed",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::NotRedirected => "not_redirected",
+        }
+    }
+}
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Counter,
+    pub connections: Counter,
+    pub active_connections: Gauge,
+    pub handshakes_ok: Counter,
+    refusals: Vec<Counter>,
+    pub upstream_errors: Counter,
+    pub outbound_errors: Counter,
+    pub cert_expiry: Gauge,
+    pub cert_reload_ok: Counter,
+    pub cert_reload_refused: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kube_mtls_sidecar");
+        let requests = Counter::default();
+        registry.register(
+            "requests",
+            "HTTP requests forwarded to the app",
+            requests.clone(),
+        );
+        let connections = Counter::default();
+        registry.register("connections", "Connections accepted", connections.clone());
+        let active_connections = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Connections open now",
+            active_connections.clone(),
+        );
+        let handshakes = Family::<Result_, Counter>::default();
+        registry.register(
+            "handshakes",
+            "Completed mTLS handshakes",
+            handshakes.clone(),
+        );
+        let handshakes_ok = handshakes
+            .get_or_create(&Result_ {
+                result: "ok".into(),
+            })
+            .clone();
+        let refusal_family = Family::<Reason, Counter>::default();
+        registry.register(
+            "refusals",
+            "Connections or requests refused, by reason",
+            refusal_family.clone(),
+        );
+        let refusals = Refusal::ALL
+            .iter()
+            .map(|r| {
+                refusal_family
+                    .get_or_create(&Reason {
+                        reason: r.as_str().into(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let errors = Family::<Direction, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failures to reach the app (inbound) or a peer (outbound)",
+            errors.clone(),
+        );
+        let upstream_errors = errors
+            .get_or_create(&Direction {
+                direction: "inbound".into(),
+            })
+            .clone();
+        let outbound_errors = errors
+            .get_or_create(&Direction {
+                direction: "outbound".into(),
+            })
+            .clone();
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "not_after of the serving certificate, seconds since the epoch",
+            cert_expiry.clone(),
+        );
+        let reloads = Family::<Result_, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Certificate reloads by result",
+            reloads.clone(),
+        );
+        let cert_reload_ok = reloads
+            .get_or_create(&Result_ {
+                result: "ok".into(),
+            })
+            .clone();
+        let cert_reload_refused = reloads
+            .get_or_create(&Result_ {
+                result: "refused".into(),
+            })
+            .clone();
+        Metrics {
+            registry,
+            requests,
+            connections,
+            active_connections,
+            handshakes_ok,
+            refusals,
+            upstream_errors,
+            outbound_errors,
+            cert_expiry,
+            cert_reload_ok,
+            cert_reload_refused,
+        }
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
+            self.refusals[i].inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

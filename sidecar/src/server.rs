@@ -1,0 +1,138 @@
+//! Start-up and shutdown: bind every listener, serve, and drain on SIGTERM.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Shared, Target, Upstream};
+use crate::tls::{self, TlsStore};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "--{flag}: cannot listen on {addr}: {source}. Fix: choose a free port or stop what holds it"
+    )]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // One socket per family keeps SO_ORIGINAL_DST unambiguous.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds 0.0.0.0:port, and [::]:port where the host has IPv6.
+fn bind_all(flag: &'static str, port: u16) -> Result<Vec<TcpListener>, StartError> {
+    let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+    let mut out = vec![listen_socket(v4).map_err(|source| StartError::Bind {
+        flag,
+        addr: v4,
+        source,
+    })?];
+    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    match listen_socket(v6) {
+        Ok(l) => out.push(l),
+        Err(e) => tracing::debug!(port, error = %e, "no IPv6 listener"),
+    }
+    Ok(out)
+}
+
+/// Runs the sidecar until `shutdown_signal` completes, then drains.
+pub async fn run(
+    cfg: Config,
+    store: TlsStore,
+    shutdown_signal: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let cfg = Arc::new(cfg);
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    metrics.cert_expiry.set(store.current().not_after);
+
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        tls: store.clone(),
+        metrics: metrics.clone(),
+        upstream: Upstream::new(),
+        slots: Arc::new(Semaphore::new(cfg.max_connections)),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        draining: AtomicBool::new(false),
+    });
+    let admin = Arc::new(Admin {
+        shared: shared.clone(),
+        listeners_up: AtomicBool::new(false),
+    });
+
+    let mut listeners: Vec<(TcpListener, Target)> = Vec::new();
+    for l in bind_all("inbound-port", cfg.inbound_port)? {
+        listeners.push((l, Target::Redirected));
+    }
+    for (listen, app) in &cfg.listen {
+        for l in bind_all("listen", *listen)? {
+            listeners.push((l, Target::Fixed(*app)));
+        }
+    }
+    for l in bind_all("admin-port", cfg.admin_port)? {
+        tokio::spawn(admin::serve(l, admin.clone()));
+    }
+
+    let mut accept_tasks = Vec::new();
+    for (listener, target) in listeners {
+        accept_tasks.push(tokio::spawn(proxy::accept_loop(
+            listener,
+            target,
+            shared.clone(),
+        )));
+    }
+    tokio::spawn(tls::watch(store.clone(), metrics.clone()));
+    admin.listeners_up.store(true, Ordering::Relaxed);
+    tracing::info!(
+        inbound_port = cfg.inbound_port,
+        admin_port = cfg.admin_port,
+        identity = %store.current().own.display_name(),
+        "kube-mtls-sidecar ready"
+    );
+
+    shutdown_signal.await;
+    tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining connections");
+    shared.draining.store(true, Ordering::Relaxed);
+    shared.shutdown.cancel();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    shared.tracker.close();
+    if tokio::time::timeout(cfg.drain_timeout, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.tracker.len(),
+            "drain deadline reached; closing remaining connections"
+        );
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The pod's certificate, key and trust bundle, turned into rustls configurations,
+//! and swapped in place when the files change.
+//!
+//! A connection takes a cheap snapshot (`Arc`) of the current [`TlsState`] when it
+//! starts: a rotation never touches connections already open, and a rotation
+//! that fails to load leaves the previous state serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::PeerIdentity;
+
+/// Why a certificate set was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Parse { path: PathBuf, problem: String },
+    #[error("tls.key does not match the certificate in tls.crt")]
+    KeyMismatch,
+    #[error("the certificate set is not usable: {0}")]
+    Rustls(String),
+}
+
+/// One loaded certificate set and everything derived from it.
+pub struct TlsState {
+    /// For HTTP ports: ALPN offers h2 and http/1.1.
+    pub http: Arc<ServerConfig>,
+    /// For TCP ports: no ALPN, so clients offering another protocol are not refused.
+    pub tcp: Arc<ServerConfig>,
+    /// For outbound connections: presents our certificate, verifies the server's chain.
+    pub client: Arc<ClientConfig>,
+    /// Our own identity, for the `By` field of XFCC.
+    pub own: PeerIdentity,
+    /// `not_after` of our certificate, seconds since the epoch.
+    pub not_after: i64,
+    pub not_before: i64,
+    /// Digest of the three files, to skip reloading identical content.
+    digest: [u8; 32],
+}
+
+impl TlsState {
+    /// True while our certificate is inside its validity window.
+    pub fn valid_now(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.not_before <= now && now < self.not_after
+    }
+}
+
+/// The provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads `tls.crt`, `tls.key` and `ca.crt` from `dir` and builds the configs.
+pub fn load(dir: &Path) -> Result<TlsState, TlsError> {
+    let (crt_path, key_path, ca_path) =
+        (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    let (crt_pem, key_pem, ca_pem) = (read(&crt_path)?, read(&key_path)?, read(&ca_path)?);
+    let digest = {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [&crt_pem, &key_pem, &ca_pem] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    };
+    let parse_err = |path: &Path, problem: String| TlsError::Parse {
+        path: path.to_owned(),
+        problem,
+    };
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crt_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| parse_err(&crt_path, format!("not PEM certificates: {e}")))?;
+    if chain.is_empty() {
+        return Err(parse_err(&crt_path, "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| parse_err(&key_path, format!("not a PEM private key: {e}")))?;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| parse_err(&ca_path, format!("not PEM certificates: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| parse_err(&ca_path, format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(parse_err(&ca_path, "no CA certificate in the file".into()));
+    }
+
+    let provider = provider();
+    // Refuse a key that does not belong to the certificate before anything is built.
+    let certified =
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
+            other => TlsError::Rustls(other.to_string()),
+        })?;
+    drop(certified);
+
+    let (_, leaf) = X509Certificate::from_der(&chain[0])
+        .map_err(|e| parse_err(&crt_path, format!("certificate does not parse: {e}")))?;
+    let not_after = leaf.validity().not_after.timestamp();
+    let not_before = leaf.validity().not_before.timestamp();
+    let own = PeerIdentity::from_der(&chain[0]).map_err(|e| parse_err(&crt_path, e))?;
+
+    let roots = Arc::new(roots);
+    let rustls_err = |e: rustls::Error| TlsError::Rustls(e.to_string());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let server = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsError> {
+        let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(rustls_err)?
+            .with_client_cert_verifier(verifier.clone())
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(rustls_err)?;
+        cfg.alpn_protocols = alpn;
+        // Tickets keep repeat handshakes cheap for clients that resume.
+        cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+        Ok(Arc::new(cfg))
+    };
+    let http = server(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+    let tcp = server(Vec::new())?;
+
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rustls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(server_verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(rustls_err)?;
+
+    Ok(TlsState {
+        http,
+        tcp,
+        client: Arc::new(client),
+        own,
+        not_after,
+        not_before,
+        digest,
+    })
+}
+
+/// The current certificate set, shared by every listener.
+pub struct TlsStore {
+    dir: PathBuf,
+    current: ArcSwap<TlsState>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq)]
+pub enum Reload {
+    /// The files are what is already serving.
+    Unchanged,
+    /// A new set is serving.
+    Replaced,
+}
+
+impl TlsStore {
+    /// Loads the set; at start-up a failure is fatal, so it is returned.
+    pub fn open(dir: &Path) -> Result<Self, TlsError> {
+        let state = load(dir)?;
+        Ok(TlsStore {
+            dir: dir.to_owned(),
+            current: ArcSwap::from_pointee(state),
+        })
+    }
+
+    /// A snapshot of the serving set; lock-free.
+    pub fn current(&self) -> Arc<TlsState> {
+        self.current.load_full()
+    }
+
+    /// Loads the files again. On error the serving set stays as it was.
+    pub fn reload(&self) -> Result<Reload, TlsError> {
+        let new = load(&self.dir)?;
+        if new.digest == self.current.load().digest {
+            return Ok(Reload::Unchanged);
+        }
+        self.current.store(Arc::new(new));
+        Ok(Reload::Replaced)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Watches the certificate directory and reloads on change.
+///
+/// kubelet updates a mounted Secret by writing a new timestamped directory and
+/// atomically renaming a `..data` symlink onto it; cert-manager's files then
+/// change all at once. inotify on the directory sees that rename, and also plain
+/// in-place writes. A short settle delay lets a multi-file update finish before
+/// the set is read, and a periodic check catches anything inotify missed.
+pub async fn watch(store: Arc<TlsStore>, metrics: Arc<crate::metrics::Metrics>) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            // A full channel already means "reload pending".
+            let _ = tx.try_send(());
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => match w.watch(store.dir(), RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %store.dir().display(), "cannot watch the certificate directory; checking every 30s instead");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a file watcher; checking every 30s instead");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        match store.reload() {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Replaced) => {
+                let state = store.current();
+                metrics.cert_reload_ok.inc();
+                metrics.cert_expiry.set(state.not_after);
+                tracing::info!(identity = %state.own.display_name(), not_after = state.not_after, "certificate reloaded");
+            }
+            Err(e) => {
+                metrics.cert_reload_refused.inc();
+                tracing::error!(error = %e, "rotated certificate refused; the previous certificate keeps serving");
+            }
+        }
+    }
+}
+
+/// Hex SHA-256 of a DER certificate, as XFCC's `Hash` field wants it.
+pub fn cert_hash_hex(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut s = String::with_capacity(64);
+    for b in digest.as_ref() {
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+    }
+    s
+}

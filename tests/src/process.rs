@@ -1,0 +1,171 @@
+//! Running the real binaries: log capture, readiness waits, kill on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; the probe socket is closed).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.1 GET (admin port); `None` when nothing answers.
+pub fn plain_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A child process whose stdout and stderr go to a log file; killed on drop.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let dir = tempfile::tempdir().expect("log dir");
+        let log = dir.path().join("output.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.logs().contains(needle))
+    }
+
+    /// Sends a signal by name, e.g. `TERM`, with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {sig} {}", self.child.id());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sidecar binary running on loopback with direct listeners.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub admin: SocketAddr,
+}
+
+impl Sidecar {
+    /// Starts `kube-mtls-sidecar --cert-dir <dir> --listen <listen:app,...> <extra...>`
+    /// with free inbound and admin ports, and waits until `/ready` says 200.
+    pub fn start(cert_dir: &Path, listen: &[(u16, u16)], extra: &[&str]) -> Sidecar {
+        let sidecar = Sidecar::spawn(cert_dir, listen, extra);
+        let ready = wait_until(Duration::from_secs(20), || {
+            plain_get(sidecar.admin, "/ready").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(
+            ready,
+            "sidecar never became ready; output:\n{}",
+            sidecar.proc.logs()
+        );
+        sidecar
+    }
+
+    /// Starts the sidecar without waiting (for tests of start-up failures).
+    pub fn spawn(cert_dir: &Path, listen: &[(u16, u16)], extra: &[&str]) -> Sidecar {
+        let admin_port = free_port();
+        let listen_arg = listen
+            .iter()
+            .map(|(l, a)| format!("{l}:{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd = Command::new(crate::bins::bin("kube-mtls-sidecar"));
+        cmd.arg("--cert-dir")
+            .arg(cert_dir)
+            .arg("--inbound-port")
+            .arg(free_port().to_string())
+            .arg("--outbound-port")
+            .arg("0")
+            .arg("--admin-port")
+            .arg(admin_port.to_string())
+            .arg("--listen")
+            .arg(listen_arg)
+            .arg("--log-format")
+            .arg("text")
+            .args(extra)
+            .env_remove("RUST_LOG");
+        Sidecar {
+            proc: Proc::spawn(cmd),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        }
+    }
+}
