@@ -16,7 +16,7 @@ generated-check:
 	scripts/check-generated.sh
 
 cargo-test:
-	$(CARGO) test --workspace --locked
+	KUBE_MTLS_REQUIRE_NETNS=1 $(CARGO) test --workspace --locked
 
 # helm lint, helm template, strict schema validation, values.schema.json cases.
 chart-check:

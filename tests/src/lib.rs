@@ -4,10 +4,12 @@
 //! - [`certs`]: a throwaway CA and workload certificates, generated per test.
 //! - [`tls`]: an mTLS HTTP client (rustls + hyper).
 //! - [`app`]: a stand-in app that echoes what it received.
+//! - [`netns`]: "pods" built from network namespaces, with real iptables.
 //! - [`process`]: running the real binaries, waiting for readiness, reading their logs.
 
 pub mod app;
 pub mod bins;
 pub mod certs;
+pub mod netns;
 pub mod process;
 pub mod tls;
