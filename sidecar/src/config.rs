@@ -104,6 +104,11 @@ pub struct Args {
     #[arg(long, env = "KUBE_MTLS_LOG_FORMAT", default_value = "auto")]
     pub log_format: String,
 
+    /// Wait until the sidecar on --admin-port is ready, then exit (a postStart
+    /// hook that holds the app's container until the proxy is up).
+    #[arg(long)]
+    pub wait_ready: bool,
+
     /// Log filter, e.g. `info` or `kube_mtls_sidecar=debug`.
     #[arg(long, env = "KUBE_MTLS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -28,9 +28,33 @@ fn init_logging(format: &str, level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Polls `/ready` on the admin port until it answers 200 (at most two minutes).
+fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin_port)) {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ =
+                s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    anyhow::bail!("the sidecar on admin port {admin_port} did not become ready within 120s")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format, &args.log_level)?;
+    if args.wait_ready {
+        return wait_ready(args.admin_port);
+    }
     let cfg = Config::from_args(&args)?;
     let store = tls::TlsStore::open(&cfg.cert_dir).with_context(|| {
         format!(

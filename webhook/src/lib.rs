@@ -1,1 +1,23 @@
-//! The kube-mtls admission webhook: injects the init container and mTLS sidecar into opted-in pods.
+//! The kube-mtls admission webhook: injects the init container and the mTLS
+//! sidecar into opted-in pods, and keeps their identities' certificates.
+//!
+//! - [`admission`]: the policy (skip, inject, reject) and the AdmissionReview wire format.
+//! - [`annotations`]: `kube-mtls.io/*` annotations and settings resolution.
+//! - [`patch`]: the RFC 6902 operations on the pod's raw JSON.
+//! - [`certificate`]: the cert-manager Certificate of an identity.
+//! - [`controller`]: keeps those Certificates in line, removes orphans.
+//! - [`profile`]: the `MtlsProfile` CRD. [`cluster`]: profiles and namespaces from reflectors.
+//! - [`offline`]: `inject -f` for GitOps. [`server`]: HTTPS and health ports.
+//! - [`events`], [`metrics`].
+
+pub mod admission;
+pub mod annotations;
+pub mod certificate;
+pub mod cluster;
+pub mod controller;
+pub mod events;
+pub mod metrics;
+pub mod offline;
+pub mod patch;
+pub mod profile;
+pub mod server;

@@ -1,3 +1,314 @@
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use kube_mtls_webhook::admission::Admission;
+use kube_mtls_webhook::annotations::Defaults;
+use kube_mtls_webhook::cluster::ClusterView;
+use kube_mtls_webhook::metrics::Metrics;
+use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, crd_yaml};
+use kube_mtls_webhook::{controller, events, offline, server};
+
+#[derive(Parser)]
+#[command(
+    name = "kube-mtls-webhook",
+    version,
+    about = "kube-mtls admission webhook and offline injector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "KUBE_MTLS_LOG_FORMAT",
+        default_value = "auto"
+    )]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the admission webhook and run the Certificate controller.
+    Serve(ServeArgs),
+    /// Inject manifests offline: reads YAML, prints it injected.
+    Inject(InjectArgs),
+    /// Print the MtlsProfile CRD.
+    Crd,
+}
+
+/// Settings that shape the injected pod.
+#[derive(Args, Clone)]
+struct InjectionFlags {
+    #[arg(long, env = "KUBE_MTLS_SIDECAR_IMAGE", default_value = concat!("ghcr.io/kube-mtls/kube-mtls-sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    #[arg(long, env = "KUBE_MTLS_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
+    #[arg(
+        long,
+        env = "KUBE_MTLS_ISSUER",
+        default_value = "ClusterIssuer/kube-mtls-ca"
+    )]
+    issuer: String,
+    #[arg(long, env = "KUBE_MTLS_CERT_DURATION", default_value = "24h")]
+    cert_duration: String,
+    #[arg(long, env = "KUBE_MTLS_CERT_RENEW_BEFORE", default_value = "8h")]
+    cert_renew_before: String,
+    /// `auto` (serve: from the API server version; inject: true), `true` or `false`.
+    #[arg(long, env = "KUBE_MTLS_NATIVE_SIDECAR", default_value = "auto")]
+    native_sidecar: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    injection: InjectionFlags,
+    /// HTTPS port for /mutate.
+    #[arg(long, env = "KUBE_MTLS_WEBHOOK_PORT", default_value_t = 8443)]
+    port: u16,
+    /// Plain port for /healthz, /readyz, /metrics.
+    #[arg(long, env = "KUBE_MTLS_METRICS_PORT", default_value_t = 8080)]
+    metrics_port: u16,
+    /// Directory with the serving certificate (tls.crt, tls.key).
+    #[arg(
+        long,
+        env = "KUBE_MTLS_WEBHOOK_TLS_DIR",
+        default_value = "/var/run/kube-mtls/webhook-tls"
+    )]
+    tls_dir: PathBuf,
+    /// The webhook's own namespace, never injected.
+    #[arg(long, env = "KUBE_MTLS_NAMESPACE", default_value = "kube-mtls")]
+    namespace: String,
+    /// Serve without a Kubernetes API connection: no MtlsProfiles, no
+    /// namespace labels, no Certificates, no Events.
+    #[arg(long, env = "KUBE_MTLS_STANDALONE")]
+    standalone: bool,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    #[command(flatten)]
+    injection: InjectionFlags,
+    /// Manifest file, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    file: String,
+    /// Do not append the cert-manager Certificates for the identities.
+    #[arg(long)]
+    no_certificates: bool,
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        "auto" => !std::io::stderr().is_terminal(),
+        other => bail!("--log-format (KUBE_MTLS_LOG_FORMAT): {other:?} is not json, text or auto"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_MTLS_LOG_LEVEL")
+        .unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+    Ok(())
+}
+
+fn defaults(f: &InjectionFlags, native: bool) -> anyhow::Result<Defaults> {
+    let Some((kind @ ("ClusterIssuer" | "Issuer"), name)) = f.issuer.split_once('/') else {
+        bail!(
+            "--issuer (KUBE_MTLS_ISSUER): {:?} is not ClusterIssuer/<name> or Issuer/<name>",
+            f.issuer
+        );
+    };
+    if name.is_empty() {
+        bail!("--issuer (KUBE_MTLS_ISSUER): the issuer name is empty");
+    }
+    Ok(Defaults {
+        sidecar_image: f.sidecar_image.clone(),
+        trust_domain: f.trust_domain.clone(),
+        issuer: IssuerRef {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        },
+        cert_duration: f.cert_duration.clone(),
+        cert_renew_before: f.cert_renew_before.clone(),
+        native_sidecar: native,
+    })
+}
+
+fn explicit_native(value: &str) -> anyhow::Result<Option<bool>> {
+    match value {
+        "auto" => Ok(None),
+        "true" => Ok(Some(true)),
+        "false" => Ok(Some(false)),
+        other => bail!(
+            "--native-sidecar (KUBE_MTLS_NATIVE_SIDECAR): {other:?} is not auto, true or false"
+        ),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format)?;
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd_yaml()?);
+            Ok(())
+        }
+        Command::Inject(args) => {
+            let native = explicit_native(&args.injection.native_sidecar)?.unwrap_or(true);
+            let defaults = defaults(&args.injection, native)?;
+            let mut input = String::new();
+            if args.file == "-" {
+                std::io::stdin()
+                    .read_to_string(&mut input)
+                    .context("cannot read standard input")?;
+            } else {
+                input = std::fs::read_to_string(&args.file)
+                    .with_context(|| format!("-f: cannot read {}", args.file))?;
+            }
+            let (out, warnings) = offline::inject_yaml(&input, &defaults, !args.no_certificates)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{out}");
+            Ok(())
+        }
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(serve(args)),
+    }
+}
+
+/// Minor version from the API server's `/version` (e.g. "29+" on some clouds).
+fn minor(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<u32> {
+    let digits: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cert = server::ReloadingCert::open(&args.tls_dir)?;
+    let tls = server::tls_config(cert.clone())?;
+    tokio::spawn(cert.watch());
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(server::Health {
+        ready: AtomicBool::new(false),
+        metrics: metrics.clone(),
+    });
+    let explicit = explicit_native(&args.injection.native_sidecar)?;
+
+    let (view, client, native) = if args.standalone {
+        (ClusterView::empty(), None, explicit.unwrap_or(true))
+    } else {
+        let client = Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API (run in a cluster, or pass --standalone)")?;
+        let native = match explicit {
+            Some(n) => n,
+            None => {
+                let info = client
+                    .apiserver_version()
+                    .await
+                    .context("cannot read the API server version")?;
+                let native = minor(&info).is_some_and(|m| info.major == "1" && m >= 29);
+                tracing::info!(version = %info.git_version, native, "sidecar mode chosen from the API server version");
+                native
+            }
+        };
+        let (profiles, profile_writer) = reflector::store::<MtlsProfile>();
+        let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let profile_stream = reflector(
+            profile_writer,
+            watcher(
+                Api::<MtlsProfile>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        let ns_stream = reflector(
+            ns_writer,
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tokio::spawn(profile_stream.default_backoff().for_each(|_| async {}));
+        tokio::spawn(ns_stream.default_backoff().for_each(|_| async {}));
+        let ready = health.clone();
+        let (p, n) = (profiles.clone(), namespaces.clone());
+        tokio::spawn(async move {
+            if p.wait_until_ready().await.is_ok() && n.wait_until_ready().await.is_ok() {
+                ready.ready.store(true, Ordering::Relaxed);
+                tracing::info!("profile and namespace caches synced");
+            }
+        });
+        tokio::spawn(controller::run(controller::Context {
+            client: client.clone(),
+            duration: args.injection.cert_duration.clone(),
+            renew_before: args.injection.cert_renew_before.clone(),
+        }));
+        (
+            ClusterView::Live {
+                profiles,
+                namespaces,
+            },
+            Some(client),
+            native,
+        )
+    };
+    if args.standalone {
+        health.ready.store(true, Ordering::Relaxed);
+    }
+    let events = client
+        .clone()
+        .map(|c| events::Recorder::new(c, std::env::var("HOSTNAME").ok()));
+    let admission = Arc::new(Admission {
+        defaults: defaults(&args.injection, native)?,
+        own_namespace: args.namespace.clone(),
+        view,
+        client,
+        metrics,
+        events,
+    });
+
+    let https = server::bind(args.port).await?;
+    let plain = server::bind(args.metrics_port).await?;
+    tracing::info!(
+        port = args.port,
+        metrics_port = args.metrics_port,
+        "kube-mtls-webhook serving"
+    );
+    let health_app = server::health_router(health);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(plain, health_app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+    let serving = server::serve_https(https, tls, server::router(admission));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = serving => {}
+        _ = term.recv() => tracing::info!("SIGTERM: exiting"),
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }

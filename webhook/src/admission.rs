@@ -1,0 +1,257 @@
+//! AdmissionReview in, AdmissionReview out.
+//!
+//! [`decide`] is the whole policy and does no I/O: skip, inject (with the patch),
+//! or reject (with the reason). [`Admission::review`] wraps it with the wire
+//! format, the Certificate for the pod's identity, metrics and events.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::annotations::{self, Defaults, INJECT, Rejection, Resolved};
+use crate::certificate::{DesiredCertificate, ensure_certificate};
+use crate::cluster::ClusterView;
+use crate::events::Recorder;
+use crate::metrics::Metrics;
+use crate::patch::{self, Injection};
+
+/// Why a pod is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NotOptedIn,
+    OptedOut,
+    SystemNamespace,
+    OwnNamespace,
+    HostNetwork,
+    AlreadyInjected,
+    NotPodCreate,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NotOptedIn => "not_opted_in",
+            Skip::OptedOut => "opted_out",
+            Skip::SystemNamespace => "system_namespace",
+            Skip::OwnNamespace => "webhook_namespace",
+            Skip::HostNetwork => "host_network",
+            Skip::AlreadyInjected => "already_injected",
+            Skip::NotPodCreate => "not_pod_create",
+        }
+    }
+}
+
+/// The verdict on one pod.
+#[derive(Debug)]
+pub enum Decision {
+    Skip(Skip),
+    Inject(Box<(Injection, Resolved)>),
+    Reject(Rejection),
+}
+
+/// Decides what to do with `pod` in `namespace`.
+pub fn decide(
+    pod: &Value,
+    namespace: &str,
+    own_namespace: &str,
+    view: &ClusterView,
+    defaults: &Defaults,
+) -> Decision {
+    if namespace == "kube-system" {
+        return Decision::Skip(Skip::SystemNamespace);
+    }
+    if namespace == own_namespace {
+        return Decision::Skip(Skip::OwnNamespace);
+    }
+    let ann = annotations::annotations(pod);
+    let label = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(INJECT))
+        .and_then(Value::as_str);
+    match ann.get(INJECT).and_then(Value::as_str).or(label) {
+        Some("enabled") => {}
+        Some("disabled") => return Decision::Skip(Skip::OptedOut),
+        Some(other) => {
+            return Decision::Reject(Rejection {
+                subject: format!("annotation {INJECT}"),
+                problem: format!("{other:?} is not enabled or disabled"),
+                fix: "write enabled or disabled".into(),
+            });
+        }
+        None if view.namespace_opted_in(namespace) => {}
+        None => return Decision::Skip(Skip::NotOptedIn),
+    }
+    if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Decision::Skip(Skip::HostNetwork);
+    }
+    if patch::already_injected(pod) {
+        return Decision::Skip(Skip::AlreadyInjected);
+    }
+    match annotations::resolve(pod, namespace, view, defaults) {
+        Ok((resolved, mut warnings)) => {
+            let mut injection = patch::inject(pod, &resolved);
+            warnings.append(&mut injection.warnings);
+            injection.warnings = warnings;
+            Decision::Inject(Box::new((injection, resolved)))
+        }
+        Err(r) => Decision::Reject(r),
+    }
+}
+
+/// A request body that is not an AdmissionReview.
+#[derive(Debug, thiserror::Error)]
+#[error("not an AdmissionReview v1: {0}")]
+pub struct BadReview(pub String);
+
+/// The admission handler's state.
+pub struct Admission {
+    pub defaults: Defaults,
+    pub own_namespace: String,
+    pub view: ClusterView,
+    /// `None` in standalone mode: no Certificates, no Events.
+    pub client: Option<kube::Client>,
+    pub metrics: Arc<Metrics>,
+    pub events: Option<Recorder>,
+}
+
+fn response(uid: &Value, body: Value) -> Value {
+    let mut resp = body;
+    resp["uid"] = uid.clone();
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
+}
+
+impl Admission {
+    /// Handles one AdmissionReview request body.
+    pub async fn review(&self, body: &[u8]) -> Result<Value, BadReview> {
+        let started = Instant::now();
+        let review: Value = serde_json::from_slice(body)
+            .map_err(|e| BadReview(format!("body is not JSON: {e}")))?;
+        if review.get("kind").and_then(Value::as_str) != Some("AdmissionReview") {
+            return Err(BadReview("kind is not AdmissionReview".into()));
+        }
+        if review.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1") {
+            return Err(BadReview("apiVersion is not admission.k8s.io/v1".into()));
+        }
+        let req = review
+            .get("request")
+            .ok_or_else(|| BadReview("no request".into()))?;
+        let uid = req
+            .get("uid")
+            .filter(|u| u.is_string())
+            .ok_or_else(|| BadReview("request.uid missing".into()))?;
+        let is_pod_create = req.get("operation").and_then(Value::as_str) == Some("CREATE")
+            && req.pointer("/kind/kind").and_then(Value::as_str) == Some("Pod");
+        let Some(pod) = req.get("object").filter(|o| o.is_object() && is_pod_create) else {
+            self.metrics.skipped(Skip::NotPodCreate);
+            return Ok(response(uid, json!({"allowed": true})));
+        };
+        let namespace = req
+            .get("namespace")
+            .and_then(Value::as_str)
+            .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+            .unwrap_or("default");
+        let dry_run = req.get("dryRun").and_then(Value::as_bool).unwrap_or(false);
+        let pod_name = pod
+            .pointer("/metadata/name")
+            .or_else(|| pod.pointer("/metadata/generateName"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+
+        let out = match decide(
+            pod,
+            namespace,
+            &self.own_namespace,
+            &self.view,
+            &self.defaults,
+        ) {
+            Decision::Skip(why) => {
+                self.metrics.skipped(why);
+                if !matches!(why, Skip::NotOptedIn | Skip::NotPodCreate) {
+                    tracing::info!(namespace, pod = %pod_name, reason = why.as_str(), "not injected");
+                    self.event(
+                        pod,
+                        namespace,
+                        "Skipped",
+                        &format!("kube-mtls: not injected ({})", why.as_str()),
+                        dry_run,
+                    )
+                    .await;
+                }
+                response(uid, json!({"allowed": true}))
+            }
+            Decision::Reject(r) => {
+                self.rejected(uid, pod, namespace, &pod_name, &r, dry_run)
+                    .await
+            }
+            Decision::Inject(boxed) => {
+                let (injection, resolved) = *boxed;
+                if let (Some(client), false, None) = (&self.client, dry_run, &resolved.secret) {
+                    let desired = DesiredCertificate::from_resolved(&resolved);
+                    if let Err(e) = ensure_certificate(client, &desired).await {
+                        let r = Rejection {
+                            subject: format!("Certificate {}/{}", desired.namespace, desired.name()),
+                            problem: format!("cannot be created or updated: {e}"),
+                            fix: "check that cert-manager is installed and the webhook's RBAC allows certificates.cert-manager.io".into(),
+                        };
+                        return Ok(self
+                            .rejected(uid, pod, namespace, &pod_name, &r, dry_run)
+                            .await);
+                    }
+                }
+                let patch = serde_json::to_vec(&injection.ops).unwrap_or_default();
+                self.metrics.injected.inc();
+                tracing::info!(namespace, pod = %pod_name, identity = %resolved.identity(), "injected");
+                self.event(
+                    pod,
+                    namespace,
+                    "Injected",
+                    &format!("kube-mtls: sidecar injected for {}", resolved.identity()),
+                    dry_run,
+                )
+                .await;
+                let mut body = json!({
+                    "allowed": true,
+                    "patchType": "JSONPatch",
+                    "patch": base64::engine::general_purpose::STANDARD.encode(patch),
+                });
+                if !injection.warnings.is_empty() {
+                    body["warnings"] = json!(injection.warnings);
+                }
+                response(uid, body)
+            }
+        };
+        self.metrics.observe_latency(started.elapsed());
+        Ok(out)
+    }
+
+    async fn rejected(
+        &self,
+        uid: &Value,
+        pod: &Value,
+        ns: &str,
+        pod_name: &str,
+        r: &Rejection,
+        dry_run: bool,
+    ) -> Value {
+        self.metrics.rejected.inc();
+        tracing::warn!(namespace = ns, pod = %pod_name, reason = %r, "rejected");
+        self.event(pod, ns, "Rejected", &format!("kube-mtls: {r}"), dry_run)
+            .await;
+        response(
+            uid,
+            json!({"allowed": false, "status": {"code": 400, "reason": "BadRequest", "message": format!("kube-mtls: {r}")}}),
+        )
+    }
+
+    async fn event(&self, pod: &Value, ns: &str, reason: &str, note: &str, dry_run: bool) {
+        if dry_run {
+            return;
+        }
+        if let Some(rec) = &self.events {
+            rec.publish_on_owner(pod, ns, reason, note).await;
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! Pod annotations (`kube-mtls.io/*`) and the settings they resolve to.
+//!
+//! Resolution order, first that says something wins: the pod's annotation, the
+//! profile the pod names, the namespace's default profile, the webhook's flags.
+//! Every parse error names the annotation and how to fix it; the pod is then
+//! rejected rather than injected with a guess.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::cluster::ClusterView;
+use crate::profile::{IssuerRef, MtlsProfileSpec};
+
+pub const PREFIX: &str = "kube-mtls.io/";
+pub const INJECT: &str = "kube-mtls.io/inject";
+pub const STATUS: &str = "kube-mtls.io/status";
+pub const PROFILE: &str = "kube-mtls.io/profile";
+
+/// The sidecar's fixed ports and UID, shared with the init rules.
+pub const INBOUND_PORT: u16 = 15006;
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const ADMIN_PORT: u16 = 15020;
+pub const PROXY_UID: i64 = 15337;
+
+/// Every annotation a pod may set, with what it means and its default: the
+/// README's table is written from this list.
+pub const DOCUMENTED: &[(&str, &str, &str)] = &[
+    (
+        "inject",
+        "`enabled` or `disabled`: opt this pod in or out",
+        "namespace label `kube-mtls.io/inject`",
+    ),
+    (
+        "inbound-ports",
+        "ports captured inbound, comma-separated numbers or container port names, or `*`",
+        "the pod's declared container ports; `*` if none",
+    ),
+    (
+        "skip-inbound-ports",
+        "ports that bypass the sidecar",
+        "none",
+    ),
+    (
+        "tcp-ports",
+        "ports proxied as raw TCP (databases, non-HTTP)",
+        "none: HTTP",
+    ),
+    (
+        "h2-ports",
+        "ports whose app speaks HTTP/2 cleartext (gRPC)",
+        "none",
+    ),
+    (
+        "allowed-clients",
+        "allowed caller identities: SPIFFE ID patterns (`*` = one segment) or DNS names",
+        "any identity in the trust domain",
+    ),
+    (
+        "outbound-ports",
+        "destination ports whose plaintext calls leave as mTLS",
+        "none",
+    ),
+    (
+        "skip-outbound-cidrs",
+        "destinations never captured outbound",
+        "none",
+    ),
+    (
+        "dns-names",
+        "extra DNS names in the pod's certificate",
+        "none",
+    ),
+    (
+        "issuer",
+        "`ClusterIssuer/<name>` or `Issuer/<name>` that signs the certificate",
+        "webhook `--issuer`",
+    ),
+    (
+        "secret",
+        "an existing Secret (tls.crt, tls.key, ca.crt) to use; no Certificate is made",
+        "`kube-mtls-<service account>-tls`",
+    ),
+    ("sidecar-cpu-request", "sidecar CPU request", "`10m`"),
+    ("sidecar-memory-request", "sidecar memory request", "`16Mi`"),
+    ("sidecar-cpu-limit", "sidecar CPU limit", "none"),
+    ("sidecar-memory-limit", "sidecar memory limit", "`64Mi`"),
+    (
+        "profile",
+        "name of an `MtlsProfile` in the pod's namespace",
+        "the namespace annotation `kube-mtls.io/profile`",
+    ),
+    (
+        "native-sidecar",
+        "`true`: sidecar as a native sidecar (init container, Kubernetes >= 1.29); `false`: a regular container",
+        "from the API server version",
+    ),
+];
+
+/// Settings from the webhook's flags.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub sidecar_image: String,
+    pub trust_domain: String,
+    pub issuer: IssuerRef,
+    pub cert_duration: String,
+    pub cert_renew_before: String,
+    pub native_sidecar: bool,
+}
+
+/// Which inbound ports are captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    All,
+    Only(BTreeSet<u16>),
+}
+
+/// Everything the patch needs for one pod.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub namespace: String,
+    pub service_account: String,
+    pub inbound: Inbound,
+    pub skip_inbound: BTreeSet<u16>,
+    pub tcp_ports: BTreeSet<u16>,
+    pub h2_ports: BTreeSet<u16>,
+    pub allowed_clients: Vec<String>,
+    pub outbound_ports: BTreeSet<u16>,
+    pub skip_outbound_cidrs: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub issuer: IssuerRef,
+    /// A Secret the user provides; `None`: the webhook's Certificate makes one.
+    pub secret: Option<String>,
+    pub resources: Value,
+    pub profile: Option<String>,
+    pub native_sidecar: bool,
+    pub trust_domain: String,
+    pub cert_duration: String,
+    pub cert_renew_before: String,
+    pub sidecar_image: String,
+}
+
+impl Resolved {
+    pub fn identity(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
+    pub fn secret_name(&self) -> String {
+        self.secret
+            .clone()
+            .unwrap_or_else(|| format!("kube-mtls-{}-tls", self.service_account))
+    }
+
+    /// Whether inbound traffic to `port` goes through the sidecar.
+    pub fn captures(&self, port: u16) -> bool {
+        !self.skip_inbound.contains(&port)
+            && match &self.inbound {
+                Inbound::All => true,
+                Inbound::Only(p) => p.contains(&port),
+            }
+    }
+}
+
+/// A pod the webhook must refuse, and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{subject}: {problem}. Fix: {fix}")]
+pub struct Rejection {
+    /// e.g. `annotation kube-mtls.io/tcp-ports`.
+    pub subject: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn reject(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Rejection {
+    Rejection {
+        subject: format!("annotation {PREFIX}{name}"),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The pod's annotations.
+pub fn annotations(pod: &Value) -> serde_json::Map<String, Value> {
+    pod.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn annotation<'a>(ann: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
+    ann.get(&format!("{PREFIX}{name}"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Named container ports of the pod's app containers (name -> number).
+fn named_ports(pod: &Value) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(name), Some(num)) = (
+                p.get("name").and_then(Value::as_str),
+                p.get("containerPort").and_then(Value::as_u64),
+            ) && let Ok(num) = u16::try_from(num)
+            {
+                out.push((name.to_owned(), num));
+            }
+        }
+    }
+    out
+}
+
+/// The pod's declared TCP container ports.
+pub fn declared_ports(pod: &Value) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let tcp = p
+                .get("protocol")
+                .and_then(Value::as_str)
+                .is_none_or(|proto| proto == "TCP");
+            if tcp
+                && let Some(n) = p
+                    .get("containerPort")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok())
+            {
+                out.insert(n);
+            }
+        }
+    }
+    out
+}
+
+fn ports(
+    pod: &Value,
+    ann: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<BTreeSet<u16>>, Rejection> {
+    let Some(value) = annotation(ann, name) else {
+        return Ok(None);
+    };
+    let named = named_ports(pod);
+    let mut out = BTreeSet::new();
+    for item in list(value) {
+        let port = match item.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => named.iter().find(|(n, _)| n == item).map(|(_, p)| *p).ok_or_else(|| {
+                reject(
+                    name,
+                    format!("{item:?} is neither a port number nor the name of a container port"),
+                    "list port numbers (1-65535) or names of the pod's container ports, separated by commas",
+                )
+            })?,
+        };
+        out.insert(port);
+    }
+    Ok(Some(out))
+}
+
+fn check_not_sidecar_ports(name: &str, ports: &BTreeSet<u16>) -> Result<(), Rejection> {
+    for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+        if ports.contains(&own) {
+            return Err(reject(
+                name,
+                format!(
+                    "port {own} is one of the sidecar's own ports (15006 inbound, 15001 outbound, 15020 admin)"
+                ),
+                "move the app off ports 15001, 15006 and 15020, or leave this port out",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn strings(ann: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<String>> {
+    annotation(ann, name).map(|v| list(v).map(str::to_owned).collect())
+}
+
+fn valid_spiffe_or_dns(item: &str) -> bool {
+    if let Some(rest) = item.strip_prefix("spiffe://") {
+        return rest.split_once('/').is_some_and(|(td, path)| {
+            !td.is_empty()
+                && td != "*"
+                && path
+                    .split('/')
+                    .all(|s| !s.is_empty() && (s == "*" || !s.contains('*')))
+        });
+    }
+    let name = item.strip_prefix("*.").unwrap_or(item);
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+fn valid_quantity(q: &str) -> bool {
+    let digits_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(digits_end);
+    !num.is_empty()
+        && num.parse::<f64>().is_ok()
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+}
+
+/// Reads the pod's annotations and profiles into the settings for its patch.
+pub fn resolve(
+    pod: &Value,
+    namespace: &str,
+    view: &ClusterView,
+    defaults: &Defaults,
+) -> Result<(Resolved, Vec<String>), Rejection> {
+    let ann = annotations(pod);
+    let mut warnings = Vec::new();
+
+    // Profile: named by the pod, else the namespace's default.
+    let (profile_name, named_by_pod) = match annotation(&ann, "profile") {
+        Some(p) => (Some(p.to_owned()), true),
+        None => (view.namespace_default_profile(namespace), false),
+    };
+    let profile: MtlsProfileSpec = match &profile_name {
+        Some(name) => match view.profile(namespace, name) {
+            Some(p) => p,
+            None if named_by_pod => {
+                return Err(reject(
+                    "profile",
+                    format!("no MtlsProfile {name:?} in namespace {namespace}"),
+                    "create the MtlsProfile, or name an existing one (kubectl get mtlsprofiles -n <namespace>)",
+                ));
+            }
+            None => {
+                return Err(Rejection {
+                    subject: format!("namespace {namespace} annotation {PROFILE}"),
+                    problem: format!("the default MtlsProfile {name:?} does not exist"),
+                    fix: "create the MtlsProfile or remove the namespace annotation".into(),
+                });
+            }
+        },
+        None => MtlsProfileSpec::default(),
+    };
+    let from_profile = |v: &Option<Vec<u16>>| {
+        v.as_ref()
+            .map(|p| p.iter().copied().collect::<BTreeSet<u16>>())
+    };
+
+    let inbound = match annotation(&ann, "inbound-ports") {
+        Some("*") => Inbound::All,
+        Some(_) => {
+            let p = ports(pod, &ann, "inbound-ports")?.unwrap_or_default();
+            if p.is_empty() {
+                return Err(reject(
+                    "inbound-ports",
+                    "no ports given",
+                    "list ports, or `*` for all",
+                ));
+            }
+            check_not_sidecar_ports("inbound-ports", &p)?;
+            Inbound::Only(p)
+        }
+        None => match from_profile(&profile.inbound_ports) {
+            Some(p) if !p.is_empty() => Inbound::Only(p),
+            _ => {
+                let declared = declared_ports(pod);
+                if declared.is_empty() {
+                    warnings.push(format!(
+                        "kube-mtls: the pod declares no container ports, so all inbound TCP ports are captured; set {PREFIX}inbound-ports to choose"
+                    ));
+                    Inbound::All
+                } else {
+                    for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+                        if declared.contains(&own) {
+                            return Err(Rejection {
+                                subject: format!("container port {own}"),
+                                problem: "it is one of the sidecar's own ports (15006 inbound, 15001 outbound, 15020 admin)".into(),
+                                fix: "move the app to another port".into(),
+                            });
+                        }
+                    }
+                    Inbound::Only(declared)
+                }
+            }
+        },
+    };
+    let skip_inbound = ports(pod, &ann, "skip-inbound-ports")?
+        .or_else(|| from_profile(&profile.skip_inbound_ports))
+        .unwrap_or_default();
+    let tcp_ports = ports(pod, &ann, "tcp-ports")?
+        .or_else(|| from_profile(&profile.tcp_ports))
+        .unwrap_or_default();
+    let h2_ports = ports(pod, &ann, "h2-ports")?.unwrap_or_default();
+    check_not_sidecar_ports("tcp-ports", &tcp_ports)?;
+    check_not_sidecar_ports("h2-ports", &h2_ports)?;
+    if let Some(p) = tcp_ports.intersection(&h2_ports).next() {
+        return Err(reject(
+            "h2-ports",
+            format!("port {p} is also in {PREFIX}tcp-ports"),
+            "a port is TCP or HTTP/2, not both",
+        ));
+    }
+    let outbound_ports = ports(pod, &ann, "outbound-ports")?
+        .or_else(|| from_profile(&profile.outbound_ports))
+        .unwrap_or_default();
+    check_not_sidecar_ports("outbound-ports", &outbound_ports)?;
+
+    let allowed_clients = strings(&ann, "allowed-clients")
+        .or_else(|| profile.allowed_clients.clone())
+        .unwrap_or_default();
+    for c in &allowed_clients {
+        if !valid_spiffe_or_dns(c) {
+            return Err(reject(
+                "allowed-clients",
+                format!("{c:?} is not a SPIFFE ID pattern or DNS name"),
+                "write spiffe://<trust domain>/ns/<namespace>/sa/<service account> (`*` for a whole segment) or a DNS name",
+            ));
+        }
+    }
+    let skip_outbound_cidrs = strings(&ann, "skip-outbound-cidrs")
+        .or_else(|| profile.skip_outbound_cidrs.clone())
+        .unwrap_or_default();
+    for c in &skip_outbound_cidrs {
+        if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+            return Err(reject(
+                "skip-outbound-cidrs",
+                format!("{c:?} is not a CIDR"),
+                "write networks such as 10.0.0.0/8,fd00::/8",
+            ));
+        }
+    }
+    let dns_names = strings(&ann, "dns-names").unwrap_or_default();
+    for d in &dns_names {
+        if !valid_spiffe_or_dns(d) || d.starts_with("spiffe://") {
+            return Err(reject(
+                "dns-names",
+                format!("{d:?} is not a DNS name"),
+                "list DNS names such as orders.shop.svc",
+            ));
+        }
+    }
+    let issuer = match annotation(&ann, "issuer") {
+        Some(v) => match v.split_once('/') {
+            Some((kind @ ("ClusterIssuer" | "Issuer"), name)) if !name.is_empty() => IssuerRef {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => {
+                return Err(reject(
+                    "issuer",
+                    format!("{v:?} is not <kind>/<name>"),
+                    "write ClusterIssuer/<name> or Issuer/<name>",
+                ));
+            }
+        },
+        None => profile
+            .issuer
+            .clone()
+            .unwrap_or_else(|| defaults.issuer.clone()),
+    };
+    let secret = annotation(&ann, "secret").map(str::to_owned);
+    if let Some(s) = &secret {
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !ok {
+            return Err(reject(
+                "secret",
+                format!("{s:?} is not a Secret name"),
+                "give the name of a Secret in the pod's namespace",
+            ));
+        }
+    }
+
+    let mut resources = match &profile.sidecar_resources {
+        Some(r) => serde_json::to_value(r).unwrap_or_else(|_| json!({})),
+        None => json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
+    };
+    for (name, section, key) in [
+        ("sidecar-cpu-request", "requests", "cpu"),
+        ("sidecar-memory-request", "requests", "memory"),
+        ("sidecar-cpu-limit", "limits", "cpu"),
+        ("sidecar-memory-limit", "limits", "memory"),
+    ] {
+        if let Some(q) = annotation(&ann, name) {
+            if !valid_quantity(q) {
+                return Err(reject(
+                    name,
+                    format!("{q:?} is not a resource quantity"),
+                    "write e.g. 50m for CPU or 64Mi for memory",
+                ));
+            }
+            if let Some(obj) = resources.as_object_mut() {
+                let entry = obj.entry(section).or_insert_with(|| json!({}));
+                entry[key] = json!(q);
+            }
+        }
+    }
+
+    let native_sidecar = match annotation(&ann, "native-sidecar") {
+        None => defaults.native_sidecar,
+        Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(reject(
+                "native-sidecar",
+                format!("{v:?} is not true or false"),
+                "write true or false",
+            ));
+        }
+    };
+
+    let service_account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    let trust_domain = profile
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| defaults.trust_domain.clone());
+
+    let resolved = Resolved {
+        namespace: namespace.to_owned(),
+        service_account,
+        inbound,
+        skip_inbound,
+        tcp_ports,
+        h2_ports,
+        allowed_clients,
+        outbound_ports,
+        skip_outbound_cidrs,
+        dns_names,
+        issuer,
+        secret,
+        resources,
+        profile: profile_name,
+        native_sidecar,
+        trust_domain,
+        cert_duration: profile
+            .certificate_duration
+            .clone()
+            .unwrap_or_else(|| defaults.cert_duration.clone()),
+        cert_renew_before: profile
+            .certificate_renew_before
+            .clone()
+            .unwrap_or_else(|| defaults.cert_renew_before.clone()),
+        sidecar_image: defaults.sidecar_image.clone(),
+    };
+    Ok((resolved, warnings))
+}
