@@ -1,0 +1,310 @@
+//! Golden tests: realistic manifests through the real `kube-mtls-webhook inject`
+//! binary, compared with the committed expected output, re-injected to prove
+//! idempotence, and validated in strict mode against the Kubernetes schema.
+//!
+//! `KUBE_MTLS_BLESS=1 cargo test -p kube-mtls-webhook --test golden` rewrites the
+//! expected files after a deliberate change; review the diff before committing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn inject(input: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-mtls-webhook"))
+        .args(["--log-format", "text", "inject", "-f"])
+        .arg(input)
+        .output()
+        .expect("run kube-mtls-webhook inject");
+    assert!(
+        out.status.success(),
+        "inject {}: {}",
+        input.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).expect("YAML document"))
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn inputs() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && !p.to_string_lossy().ends_with(".out.yaml")
+        })
+        .collect();
+    v.sort();
+    assert!(v.len() >= 5, "golden inputs missing");
+    v
+}
+
+fn expected_path(input: &Path) -> PathBuf {
+    input.with_extension("out.yaml")
+}
+
+#[test]
+fn outputs_match_the_golden_files_and_reinjection_changes_nothing() {
+    let bless = std::env::var("KUBE_MTLS_BLESS").as_deref() == Ok("1");
+    for input in inputs() {
+        let out = inject(&input);
+        let expected = expected_path(&input);
+        if bless {
+            std::fs::write(&expected, &out).unwrap();
+        }
+        let want = std::fs::read_to_string(&expected).unwrap_or_else(|_| {
+            panic!("{} missing; run with KUBE_MTLS_BLESS=1", expected.display())
+        });
+        assert_eq!(
+            out,
+            want,
+            "{} differs from {}",
+            input.display(),
+            expected.display()
+        );
+
+        // Injecting the output again is a no-op: no second copy of anything.
+        let dir = tempfile::tempdir().unwrap();
+        let again_in = dir.path().join("again.yaml");
+        std::fs::write(&again_in, &out).unwrap();
+        assert_eq!(
+            docs(&inject(&again_in)),
+            docs(&out),
+            "{}: second injection changed the output",
+            input.display()
+        );
+    }
+}
+
+/// Every pod template in a document, with its JSON pointer.
+fn pod_specs(doc: &Value) -> Option<&Value> {
+    match doc.get("kind")?.as_str()? {
+        "Pod" => doc.get("spec"),
+        "CronJob" => doc.pointer("/spec/jobTemplate/spec/template/spec"),
+        _ => doc.pointer("/spec/template/spec"),
+    }
+}
+
+fn names(list: Option<&Value>) -> Vec<&str> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn injected_pods_are_what_a_user_wants() {
+    let out = docs(&inject(
+        &golden_dir().join("deployment-multi-container.yaml"),
+    ));
+    assert_eq!(
+        out[0]["kind"], "ConfigMap",
+        "unrelated objects pass through"
+    );
+    let spec = pod_specs(&out[1]).unwrap();
+    assert_eq!(
+        names(spec.get("initContainers")),
+        vec!["kube-mtls-init", "kube-mtls-sidecar"]
+    );
+    assert_eq!(
+        names(spec.get("containers")),
+        vec!["api", "metrics"],
+        "app containers stay where they were"
+    );
+    let init_args = spec.pointer("/initContainers/0/args").unwrap().to_string();
+    assert!(
+        init_args.contains("--inbound-ports=8080,9100"),
+        "declared and named ports: {init_args}"
+    );
+    let sidecar = &spec["initContainers"][1];
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["securityContext"]["runAsUser"], 15337);
+    assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(
+        sidecar["args"]
+            .to_string()
+            .contains("--allowed-clients=spiffe://cluster.local/ns/web/sa/*,reports.example.com")
+    );
+    // Probes on captured ports now go to the admin port, and the sidecar knows
+    // the original targets (named port resolved, headers kept).
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/api/readiness"
+    );
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        15020
+    );
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["periodSeconds"], 5,
+        "probe timings kept"
+    );
+    assert_eq!(
+        spec["containers"][1]["livenessProbe"]["httpGet"]["path"],
+        "/app-health/metrics/liveness"
+    );
+    let probes: Value = serde_json::from_str(
+        sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "KUBE_MTLS_APP_PROBES")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(probes["api/readiness"]["httpGet"]["port"], 8080);
+    assert_eq!(
+        probes["api/readiness"]["httpGet"]["httpHeaders"][0]["name"],
+        "X-Probe"
+    );
+    assert_eq!(probes["metrics/liveness"]["tcpSocket"]["port"], 9100);
+    let cert = out
+        .iter()
+        .find(|d| d["kind"] == "Certificate")
+        .expect("a Certificate for the identity");
+    assert_eq!(
+        cert["spec"]["uris"][0],
+        "spiffe://cluster.local/ns/shop/sa/orders"
+    );
+    assert_eq!(cert["spec"]["dnsNames"][1], "orders.shop.svc.cluster.local");
+    assert_eq!(cert["spec"]["privateKey"]["algorithm"], "ECDSA");
+
+    let out = docs(&inject(&golden_dir().join("pod-probe-kinds.yaml")));
+    let spec = pod_specs(&out[0]).unwrap();
+    assert_eq!(
+        names(spec.get("initContainers")),
+        vec!["kube-mtls-init", "kube-mtls-sidecar", "migrate"]
+    );
+    assert_eq!(
+        spec["containers"][0]["startupProbe"]["httpGet"]["path"],
+        "/app-health/server/startup"
+    );
+    assert!(spec["containers"][0]["startupProbe"].get("grpc").is_none());
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/server/readiness"
+    );
+    assert!(
+        spec["containers"][0]["livenessProbe"].get("exec").is_some(),
+        "exec probes untouched"
+    );
+    assert_eq!(
+        spec["containers"][1]["livenessProbe"]["httpGet"]["port"], 9443,
+        "a probe on a skipped port is left alone"
+    );
+    assert_eq!(
+        names(spec.get("volumes")),
+        vec!["data", "kube-mtls-certs", "kube-mtls-xtables"]
+    );
+
+    let out = docs(&inject(&golden_dir().join("statefulset-tcp-legacy.yaml")));
+    let spec = pod_specs(&out[0]).unwrap();
+    assert_eq!(names(spec.get("initContainers")), vec!["kube-mtls-init"]);
+    assert_eq!(
+        names(spec.get("containers")),
+        vec!["kube-mtls-sidecar", "postgres"],
+        "legacy sidecar first"
+    );
+    assert!(
+        spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"]
+            .to_string()
+            .contains("--wait-ready")
+    );
+    assert_eq!(spec["containers"][0]["resources"]["requests"]["cpu"], "50m");
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["memory"],
+        "128Mi"
+    );
+    assert_eq!(spec["volumes"][0]["secret"]["secretName"], "pg-mtls");
+    assert!(
+        !out.iter().any(|d| d["kind"] == "Certificate"),
+        "an existing Secret needs no Certificate"
+    );
+
+    let input = docs(&std::fs::read_to_string(golden_dir().join("unchanged.yaml")).unwrap());
+    assert_eq!(docs(&inject(&golden_dir().join("unchanged.yaml"))), input);
+}
+
+#[test]
+fn every_output_validates_against_the_kubernetes_schema_in_strict_mode() {
+    let have = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        if std::env::var("KUBE_MTLS_SKIP_SCHEMA").as_deref() == Ok("1") {
+            eprintln!(
+                "SKIPPED: kubernetes-validate is not installed (pip install kubernetes-validate)"
+            );
+            return;
+        }
+        panic!(
+            "kubernetes-validate is not installed: pip install kubernetes-validate (or KUBE_MTLS_SKIP_SCHEMA=1)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for input in inputs() {
+        let out = inject(&input);
+        // cert-manager's Certificate is a custom resource the validator cannot know.
+        let core: Vec<String> = docs(&out)
+            .into_iter()
+            .filter(|d| d["kind"] != "Certificate")
+            .map(|d| serde_yaml::to_string(&d).unwrap())
+            .collect();
+        let file = dir.path().join(input.file_name().unwrap());
+        std::fs::write(&file, core.join("---\n")).unwrap();
+        for version in ["1.29.0", "1.33.0"] {
+            let v = Command::new("kubernetes-validate")
+                .args(["--strict", "--quiet", "-k", version])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                v.status.success(),
+                "{} fails strict validation for {version}:\n{}{}",
+                input.display(),
+                String::from_utf8_lossy(&v.stdout),
+                String::from_utf8_lossy(&v.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn offline_rejections_name_the_annotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    kube-mtls.io/inject: enabled\n    kube-mtls.io/tcp-ports: \"5432,postgres\"\nspec:\n  containers:\n  - name: c\n    image: x\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-mtls-webhook"))
+        .args(["inject", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kube-mtls.io/tcp-ports") && err.contains("\"postgres\""),
+        "{err}"
+    );
+}
