@@ -1,3 +1,9 @@
 #!/usr/bin/env bash
+# Lints: shellcheck on every shell script, hadolint on the Dockerfiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mapfile -t scripts < <(git ls-files -co --exclude-standard '*.sh' .ci/run)
+shellcheck "${scripts[@]}"
+echo "shellcheck: ${#scripts[@]} scripts"
+hadolint Dockerfile.webhook Dockerfile.sidecar
+echo "hadolint: Dockerfile.webhook Dockerfile.sidecar"
