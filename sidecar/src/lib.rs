@@ -5,6 +5,7 @@
 //! - [`tls`]: the certificate set, rustls configs, hot reload.
 //! - [`original_dst`]: where a redirected connection was going.
 //! - [`proxy`]: the inbound path, HTTP and TCP.
+//! - [`outbound`]: the app's plaintext calls leave as mTLS.
 //! - [`headers`]: XFCC and the headers a client may not forge.
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
 //! - [`metrics`], [`io`] (idle timeout), [`server`] (start-up and drain).
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod original_dst;
+pub mod outbound;
 pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         return wait_ready(args.admin_port);
     }
     let cfg = Config::from_args(&args)?;
-    let store = tls::TlsStore::open(&cfg.cert_dir).with_context(|| {
+    let store = tls::TlsStore::open(&cfg.cert_dir, &cfg.trust_domain).with_context(|| {
         format!(
             "--cert-dir (KUBE_MTLS_CERT_DIR): the certificate set in {} cannot be used; mount the pod's certificate Secret there",
             cfg.cert_dir.display()

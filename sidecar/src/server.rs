@@ -86,6 +86,7 @@ pub async fn run(
     });
 
     let mut listeners: Vec<(TcpListener, Target)> = Vec::new();
+    let mut accept_tasks_outbound = Vec::new();
     for l in bind_all("inbound-port", cfg.inbound_port)? {
         listeners.push((l, Target::Redirected));
     }
@@ -93,6 +94,21 @@ pub async fn run(
         for l in bind_all("listen", *listen)? {
             listeners.push((l, Target::Fixed(*app)));
         }
+    }
+    if cfg.outbound_port != 0 {
+        // Loopback only: the outbound listener must never be reachable from outside the pod.
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), cfg.outbound_port);
+        let listener = listen_socket(addr).map_err(|source| StartError::Bind {
+            flag: "outbound-port",
+            addr,
+            source,
+        })?;
+        let client = crate::outbound::client(store.clone());
+        accept_tasks_outbound.push(tokio::spawn(crate::outbound::accept_loop(
+            listener,
+            shared.clone(),
+            client,
+        )));
     }
     for l in bind_all("admin-port", cfg.admin_port)? {
         tokio::spawn(admin::serve(l, admin.clone()));
@@ -119,7 +135,7 @@ pub async fn run(
     tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining connections");
     shared.draining.store(true, Ordering::Relaxed);
     shared.shutdown.cancel();
-    for t in accept_tasks {
+    for t in accept_tasks.into_iter().chain(accept_tasks_outbound) {
         let _ = t.await;
     }
     shared.tracker.close();

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
@@ -43,8 +42,11 @@ pub struct TlsState {
     pub http: Arc<ServerConfig>,
     /// For TCP ports: no ALPN, so clients offering another protocol are not refused.
     pub tcp: Arc<ServerConfig>,
-    /// For outbound connections: presents our certificate, verifies the server's chain.
-    pub client: Arc<ClientConfig>,
+    /// For outbound HTTP connections (ALPN http/1.1): presents our certificate,
+    /// verifies the peer's chain and that its SPIFFE ID is in our trust domain.
+    pub client_http: Arc<ClientConfig>,
+    /// For outbound TCP connections (no ALPN).
+    pub client_tcp: Arc<ClientConfig>,
     /// Our own identity, for the `By` field of XFCC.
     pub own: PeerIdentity,
     /// `not_after` of our certificate, seconds since the epoch.
@@ -78,7 +80,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Loads `tls.crt`, `tls.key` and `ca.crt` from `dir` and builds the configs.
-pub fn load(dir: &Path) -> Result<TlsState, TlsError> {
+pub fn load(dir: &Path, trust_domain: &str) -> Result<TlsState, TlsError> {
     let (crt_path, key_path, ca_path) =
         (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
     let (crt_pem, key_pem, ca_pem) = (read(&crt_path)?, read(&key_path)?, read(&ca_path)?);
@@ -109,6 +111,11 @@ pub fn load(dir: &Path) -> Result<TlsState, TlsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| parse_err(&ca_path, format!("not PEM certificates: {e}")))?;
     let mut roots = RootCertStore::empty();
+    let anchors = cas
+        .iter()
+        .map(|ca| webpki::anchor_from_trusted_cert(ca).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_err(&ca_path, format!("not a usable CA certificate: {e}")))?;
     for ca in cas {
         roots
             .add(ca)
@@ -153,21 +160,30 @@ pub fn load(dir: &Path) -> Result<TlsState, TlsError> {
     let http = server(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
     let tcp = server(Vec::new())?;
 
-    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(rustls_err)?
-        .dangerous()
-        .with_custom_certificate_verifier(server_verifier)
-        .with_client_auth_cert(chain, key)
-        .map_err(rustls_err)?;
+    let server_verifier = Arc::new(SpiffeServerVerifier {
+        anchors,
+        trust_domain: trust_domain.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let client = |alpn: Vec<Vec<u8>>| -> Result<Arc<ClientConfig>, TlsError> {
+        let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(rustls_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(rustls_err)?;
+        cfg.alpn_protocols = alpn;
+        Ok(Arc::new(cfg))
+    };
+    let client_http = client(vec![b"http/1.1".to_vec()])?;
+    let client_tcp = client(Vec::new())?;
 
     Ok(TlsState {
         http,
         tcp,
-        client: Arc::new(client),
+        client_http,
+        client_tcp,
         own,
         not_after,
         not_before,
@@ -178,6 +194,7 @@ pub fn load(dir: &Path) -> Result<TlsState, TlsError> {
 /// The current certificate set, shared by every listener.
 pub struct TlsStore {
     dir: PathBuf,
+    trust_domain: String,
     current: ArcSwap<TlsState>,
 }
 
@@ -192,10 +209,11 @@ pub enum Reload {
 
 impl TlsStore {
     /// Loads the set; at start-up a failure is fatal, so it is returned.
-    pub fn open(dir: &Path) -> Result<Self, TlsError> {
-        let state = load(dir)?;
+    pub fn open(dir: &Path, trust_domain: &str) -> Result<Self, TlsError> {
+        let state = load(dir, trust_domain)?;
         Ok(TlsStore {
             dir: dir.to_owned(),
+            trust_domain: trust_domain.to_owned(),
             current: ArcSwap::from_pointee(state),
         })
     }
@@ -207,7 +225,7 @@ impl TlsStore {
 
     /// Loads the files again. On error the serving set stays as it was.
     pub fn reload(&self) -> Result<Reload, TlsError> {
-        let new = load(&self.dir)?;
+        let new = load(&self.dir, &self.trust_domain)?;
         if new.digest == self.current.load().digest {
             return Ok(Reload::Unchanged);
         }
@@ -284,4 +302,92 @@ pub fn cert_hash_hex(der: &[u8]) -> String {
         s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
     }
     s
+}
+
+/// Verifies a peer sidecar's server certificate: the chain up to our trust
+/// bundle, its validity and serverAuth usage, and a SPIFFE ID in our trust
+/// domain. Peers are addressed by IP and named by SPIFFE ID, not DNS, so the
+/// usual host-name check does not apply; the identity check replaces it.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    trust_domain: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(C::BadEncoding))?;
+        ee.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            rustls::Error::InvalidCertificate(match e {
+                webpki::Error::CertExpired { .. } => C::Expired,
+                webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+                webpki::Error::UnknownIssuer => C::UnknownIssuer,
+                webpki::Error::RequiredEkuNotFoundContext(_) => C::InvalidPurpose,
+                _ => C::BadSignature,
+            })
+        })?;
+        let peer = PeerIdentity::from_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(C::BadEncoding))?;
+        match &peer.spiffe {
+            Some(id) if id.trust_domain == self.trust_domain => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::InvalidCertificate(
+                C::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

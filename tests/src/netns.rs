@@ -164,6 +164,52 @@ impl Pod {
         }
     }
 
+    /// Connects this pod and `other` with a veth pair of their own (a /30 in
+    /// 10.214.0.0/16). Returns this side's address, the other side's address,
+    /// and this side's interface name.
+    pub fn link(&self, other: &Pod) -> (Ipv4Addr, Ipv4Addr, String) {
+        let n =
+            ((std::process::id() % 256) * 64 + NEXT.fetch_add(1, Ordering::Relaxed) % 64) % 16384;
+        let (a_if, b_if) = (format!("kl{n}a"), format!("kl{n}b"));
+        let base = u32::from(Ipv4Addr::new(10, 214, 0, 0)) + n * 4;
+        let (a_ip, b_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        ip(&[
+            "-n",
+            &self.name,
+            "link",
+            "add",
+            &a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b_if,
+            "netns",
+            &other.name,
+        ]);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{a_ip}/30"),
+            "dev",
+            &a_if,
+        ]);
+        ip(&[
+            "-n",
+            &other.name,
+            "addr",
+            "add",
+            &format!("{b_ip}/30"),
+            "dev",
+            &b_if,
+        ]);
+        ip(&["-n", &self.name, "link", "set", &a_if, "up"]);
+        ip(&["-n", &other.name, "link", "set", &b_if, "up"]);
+        (a_ip, b_ip, a_if)
+    }
+
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
     }
