@@ -15,7 +15,10 @@ clippy:
 generated-check:
 	scripts/check-generated.sh
 
+# The netns tests run the real binaries; `cargo test` builds only the binaries of
+# crates that have integration tests of their own, so build all of them first.
 cargo-test:
+	$(CARGO) build --workspace --bins --locked
 	KUBE_MTLS_REQUIRE_NETNS=1 $(CARGO) test --workspace --locked
 
 # helm lint, helm template, strict schema validation, values.schema.json cases.

@@ -1,7 +1,8 @@
 //! Paths of the workspace's built binaries.
 //!
-//! `cargo test --workspace` builds every binary before running any test; a test
-//! binary lives in `target/<profile>/deps/`, so the binaries are one level up.
+//! `make test` builds every binary (`cargo build --workspace --bins`) before the
+//! tests run. A test binary lives in `target/<profile>/deps/`, so the binaries
+//! are one level up.
 
 use std::path::PathBuf;
 
