@@ -62,8 +62,17 @@ fn main() -> anyhow::Result<()> {
             cfg.cert_dir.display()
         )
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers)
+    // One worker means one thread doing all the work: the current-thread
+    // scheduler then skips the work-stealing machinery (and its wake-ups) that
+    // only pays off when there are several threads to balance.
+    let mut builder = if cfg.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cfg.workers);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""kube-mtls benchmark: the sidecar against nginx, HAProxy and the direct path.
+
+Every contestant terminates mutual TLS (client certificate required and
+verified against the same CA, TLS 1.3, ECDSA P-256), adds a header naming the
+caller, and forwards over pooled keep-alive HTTP/1.1 connections to the same
+upstream. The proxy runs alone on CPU 0 with one worker; the load generator and
+the upstream share CPU 1. Each figure is the median over --reps repetitions.
+
+Run it through bench/run.sh, which installs nginx and HAProxy and builds the
+release binaries first.
+"""
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = 18080
+PROXY = 18443
+SIDECAR_ADMIN = 18020
+WEBHOOK = 18444
+WEBHOOK_PLAIN = 18081
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+
+
+def binary(name):
+    path = target_dir() / name
+    if not path.is_file():
+        sys.exit(f"{path} is missing: run `cargo build --release --locked` first (bench/run.sh does)")
+    return str(path)
+
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", cpu] + argv
+
+
+def wait_port(port, proc, what, timeout=20.0):
+    """Polls until something accepts on 127.0.0.1:port; fails if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port} within {timeout}s")
+
+
+def process_tree(pid):
+    """The pid and all its descendants."""
+    pids = [pid]
+    i = 0
+    while i < len(pids):
+        try:
+            children = Path(f"/proc/{pids[i]}/task/{pids[i]}/children").read_text().split()
+        except OSError:
+            children = []
+        pids.extend(int(c) for c in children)
+        i += 1
+    return pids
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def memory_kb(pids):
+    """(VmRSS, RssAnon) summed over the processes, in kB."""
+    rss = anon = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+            elif line.startswith("RssAnon:"):
+                anon += int(line.split()[1])
+    return rss, anon
+
+
+class Contestant:
+    """A proxy under test, started fresh for each repetition."""
+
+    name = ""
+
+    def __init__(self, certs, work):
+        self.certs = certs
+        self.work = work
+        self.proc = None
+
+    def argv(self):
+        raise NotImplementedError
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            pinned(PROXY_CPU, self.argv()),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.work / f"{self.name}.log", "ab"),
+        )
+        wait_port(PROXY, self.proc, self.name)
+
+    def pids(self):
+        return process_tree(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Direct(Contestant):
+    """No proxy: plaintext straight to the upstream, the ceiling."""
+
+    name = "direct"
+
+    def start(self):
+        pass
+
+    def pids(self):
+        return []
+
+    def stop(self):
+        pass
+
+
+class KubeMtls(Contestant):
+    name = "kube-mtls"
+
+    def argv(self):
+        return [
+            binary("kube-mtls-sidecar"),
+            "--listen", f"{PROXY}:{UPSTREAM}",
+            "--cert-dir", str(self.certs / "server"),
+            "--inbound-port", "18006",
+            "--outbound-port", "0",
+            "--admin-port", str(SIDECAR_ADMIN),
+            "--workers", "1",
+            "--max-connections", "20000",
+            "--log-format", "json",
+            "--log-level", "warn",
+        ]
+
+
+class Nginx(Contestant):
+    name = "nginx"
+
+    def argv(self):
+        server = self.certs / "server"
+        conf = self.work / "nginx.conf"
+        conf.write_text(f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {self.work}/nginx.pid;
+error_log {self.work}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.work}/nginx-body;
+    proxy_temp_path {self.work}/nginx-proxy;
+    fastcgi_temp_path {self.work}/nginx-fastcgi;
+    uwsgi_temp_path {self.work}/nginx-uwsgi;
+    scgi_temp_path {self.work}/nginx-scgi;
+    keepalive_requests 10000000;
+    upstream app {{
+        server 127.0.0.1:{UPSTREAM};
+        keepalive 128;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{PROXY} ssl http2;
+        ssl_certificate {server}/tls.crt;
+        ssl_certificate_key {server}/tls.key;
+        ssl_client_certificate {server}/ca.crt;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-Client-Cert "Hash=$ssl_client_fingerprint;Subject=\\"$ssl_client_s_dn\\"";
+        }}
+    }}
+}}
+""")
+        return ["nginx", "-c", str(conf)]
+
+
+class Haproxy(Contestant):
+    name = "haproxy"
+
+    def argv(self):
+        server = self.certs / "server"
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(f"""
+global
+    nbthread 1
+    maxconn 20000
+    tune.ssl.cachesize 0
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    option http-keep-alive
+frontend mtls
+    bind 127.0.0.1:{PROXY} ssl crt {server}/combined.pem ca-file {server}/ca.crt verify required alpn h2,http/1.1 no-tls-tickets
+    http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_sha1,hex];Subject=\\"%[ssl_c_s_dn]\\""
+    default_backend app
+backend app
+    http-reuse always
+    server app 127.0.0.1:{UPSTREAM}
+""")
+        return ["haproxy", "-db", "-f", str(conf)]
+
+
+def loadgen(args, scenario, port, tls, extra=(), sample=None):
+    """Runs one scenario; `sample` (a callable) is called every 200 ms while it
+    runs and its results are returned alongside the report."""
+    argv = [binary("kube-mtls-loadgen"), "run", "--scenario", scenario,
+            "--target", f"127.0.0.1:{port}", "--seconds", str(args.seconds)]
+    if tls:
+        client = args.certs / "client"
+        argv += ["--ca", str(client / "ca.crt"), "--cert", str(client / "tls.crt"),
+                 "--key", str(client / "tls.key")]
+    argv += list(extra)
+    proc = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = []
+    if sample is not None:
+        while proc.poll() is None:
+            samples.append(sample())
+            time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"load generator failed ({scenario} on {port}): {err.strip()}")
+    report = json.loads(out)
+    if report["errors"]:
+        print(f"  warning: {scenario} on {port}: {report['errors']} errors, first: {report.get('first_error')}",
+              file=sys.stderr)
+    return report, samples
+
+
+def measure(args, contestant):
+    """One repetition of every scenario against a freshly started contestant."""
+    tls = contestant.name != "direct"
+    port = PROXY if tls else UPSTREAM
+    contestant.start()
+    results = {}
+    try:
+        pids = contestant.pids()
+        if pids:
+            # Idle: started, listening, one request served (so the certificate
+            # and the upstream pool exist), then left alone.
+            loadgen(args, "rate", port, tls, ["--rate", "10", "--connections", "1", "--seconds", "0.2"])
+            rss, anon = memory_kb(contestant.pids())
+            results["idle_rss_kb"], results["idle_anon_kb"] = rss, anon
+
+        r, _ = loadgen(args, "keepalive", port, tls, ["--connections", str(args.connections)])
+        results["ka_rps"], results["ka_p50"], results["ka_p99"] = r["rate"], r["p50_us"], r["p99_us"]
+
+        before = cpu_ticks(contestant.pids())
+        t0 = time.monotonic()
+        r, samples = loadgen(args, "rate", port, tls,
+                             ["--rate", str(args.rate), "--connections", str(args.rate_connections)],
+                             sample=(lambda: memory_kb(contestant.pids())) if pids else None)
+        wall = time.monotonic() - t0
+        results["rate_p50"], results["rate_p99"] = r["p50_us"], r["p99_us"]
+        results["rate_achieved"] = r["rate"]
+        if pids:
+            results["rate_cpu_pct"] = 100.0 * (cpu_ticks(contestant.pids()) - before) / CLK_TCK / wall
+            results["rate_rss_kb"] = max(s[0] for s in samples) if samples else memory_kb(pids)[0]
+            results["rate_anon_kb"] = max(s[1] for s in samples) if samples else memory_kb(pids)[1]
+
+        r, _ = loadgen(args, "handshake", port, tls, ["--connections", str(args.handshake_concurrency)])
+        results["hs_rate"], results["hs_p99"] = r["rate"], r["p99_us"]
+
+        if tls:
+            r, _ = loadgen(args, "h2", port, tls,
+                           ["--connections", str(args.h2_connections), "--streams", str(args.h2_streams)])
+            results["h2_rps"], results["h2_p99"] = r["rate"], r["p99_us"]
+    finally:
+        contestant.stop()
+    return results
+
+
+def admission_review():
+    """An AdmissionReview for a realistic pod: the multi-container Deployment of
+    the webhook's golden tests, as the API server would send its pod."""
+    import yaml
+
+    docs = yaml.safe_load_all((ROOT / "webhook/tests/golden/deployment-multi-container.yaml").read_text())
+    deployment = next(d for d in docs if d and d.get("kind") == "Deployment")
+    template = deployment["spec"]["template"]
+    namespace = deployment["metadata"].get("namespace", "default")
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": dict(template.get("metadata", {}), namespace=namespace,
+                            generateName=deployment["metadata"]["name"] + "-"),
+           "spec": template["spec"]}
+    return {
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "5f1c1c3e-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod, "dryRun": False,
+        },
+    }
+
+
+def bench_webhook(args):
+    body = args.work / "admission-review.json"
+    body.write_text(json.dumps(admission_review()))
+    proc = subprocess.Popen(
+        pinned(PROXY_CPU, [binary("kube-mtls-webhook"), "--log-format", "json", "serve", "--standalone",
+                           "--port", str(WEBHOOK), "--metrics-port", str(WEBHOOK_PLAIN),
+                           "--tls-dir", str(args.certs / "server")]),
+        stdout=subprocess.DEVNULL, stderr=open(args.work / "webhook.log", "ab"))
+    try:
+        wait_port(WEBHOOK, proc, "kube-mtls-webhook")
+        # The benchmark must measure injections, not rejections: check one.
+        ctx = ssl.create_default_context(cafile=str(args.certs / "server/ca.crt"))
+        with socket.create_connection(("127.0.0.1", WEBHOOK)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                data = body.read_bytes()
+                tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                            b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+                reply = b""
+                while chunk := tls.recv(65536):
+                    reply += chunk
+        answer = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        if not answer["response"].get("allowed") or "patch" not in answer["response"]:
+            sys.exit(f"the webhook did not inject the benchmark pod: {answer['response']}")
+        runs = []
+        for _ in range(args.reps):
+            client = args.certs / "client"
+            argv = [binary("kube-mtls-loadgen"), "run", "--scenario", "keepalive",
+                    "--target", f"127.0.0.1:{WEBHOOK}", "--seconds", str(args.seconds),
+                    "--ca", str(client / "ca.crt"), "--connections", "16", "--path", "/mutate",
+                    "--body", str(body), "--content-type", "application/json"]
+            out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, check=True).stdout
+            report = json.loads(out)
+            report["rss_kb"] = memory_kb([proc.pid])[0]
+            runs.append(report)
+        return {
+            "rps": statistics.median(r["rate"] for r in runs),
+            "p50": statistics.median(r["p50_us"] for r in runs),
+            "p99": statistics.median(r["p99_us"] for r in runs),
+            "rss_kb": statistics.median(r["rss_kb"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "pod_bytes": body.stat().st_size,
+        }
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+ROWS = [
+    # key, label, unit formatter, target (None: no target), lower is better
+    ("ka_rps", "keep-alive throughput (req/s)", "{:,.0f}", "≥ 1.3× nginx", False),
+    ("ka_p50", "keep-alive p50 (µs)", "{:,.0f}", None, True),
+    ("ka_p99", "keep-alive p99 (µs)", "{:,.0f}", None, True),
+    ("rate_p50", "1000 req/s: p50 (µs)", "{:,.0f}", None, True),
+    ("rate_p99", "1000 req/s: p99 (µs)", "{:,.0f}", "≤ 1.0× nginx", True),
+    ("rate_cpu_pct", "1000 req/s: proxy CPU (%)", "{:.1f}", "≤ 0.5× nginx", True),
+    ("rate_rss_kb", "1000 req/s: RSS (MB)", "mb", "< 12 MB", True),
+    ("rate_anon_kb", "1000 req/s: private anon memory (MB)", "mb", None, True),
+    ("idle_rss_kb", "idle RSS (MB)", "mb", "< 5 MB", True),
+    ("idle_anon_kb", "idle private anon memory (MB)", "mb", None, True),
+    ("hs_rate", "new mTLS connection per request (handshakes/s)", "{:,.0f}", "≥ 1.3× nginx", False),
+    ("hs_p99", "handshake + request p99 (µs)", "{:,.0f}", None, True),
+    ("h2_rps", "HTTP/2 multiplexed throughput (req/s)", "{:,.0f}", None, False),
+    ("h2_p99", "HTTP/2 p99 (µs)", "{:,.0f}", None, True),
+]
+
+
+def fmt(value, spec):
+    if value is None:
+        return "–"
+    if spec == "mb":
+        return f"{value / 1024:.1f}"
+    return spec.format(value)
+
+
+def table(medians, names):
+    lines = ["| scenario | " + " | ".join(names) + " | kube-mtls ÷ nginx | target |",
+             "|---|" + "---:|" * len(names) + "---:|---|"]
+    for key, label, spec, target, _ in ROWS:
+        cells = [fmt(medians[n].get(key), spec) for n in names]
+        ours, theirs = medians.get("kube-mtls", {}).get(key), medians.get("nginx", {}).get(key)
+        ratio = f"{ours / theirs:.2f}×" if ours is not None and theirs else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {target or ''} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions; figures are medians")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the fixed-rate scenario")
+    parser.add_argument("--rate-connections", type=int, default=32)
+    parser.add_argument("--handshake-concurrency", type=int, default=16)
+    parser.add_argument("--h2-connections", type=int, default=4)
+    parser.add_argument("--h2-streams", type=int, default=32)
+    parser.add_argument("--only", default="direct,kube-mtls,nginx,haproxy",
+                        help="comma-separated contestants")
+    parser.add_argument("--no-webhook", action="store_true", help="skip the webhook benchmark")
+    parser.add_argument("--json", type=Path, help="also write every raw figure here")
+    args = parser.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("the benchmark pins the proxy and the load to separate cores: it needs at least 2 CPUs")
+
+    with tempfile.TemporaryDirectory(prefix="kube-mtls-bench-") as tmp:
+        args.work = Path(tmp)
+        args.certs = args.work / "certs"
+        subprocess.run([binary("kube-mtls-loadgen"), "gen-certs", str(args.certs)], check=True)
+        upstream = subprocess.Popen(pinned(LOAD_CPU, [binary("kube-mtls-loadgen"), "upstream",
+                                                      "--listen", f"127.0.0.1:{UPSTREAM}"]))
+        try:
+            wait_port(UPSTREAM, upstream, "upstream")
+            kinds = {c.name: c for c in (Direct, KubeMtls, Nginx, Haproxy)}
+            names = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = [n for n in names if n not in kinds]
+            if unknown:
+                sys.exit(f"--only: unknown contestant(s) {unknown}; choose from {list(kinds)}")
+            raw = {n: [] for n in names}
+            for rep in range(args.reps):
+                # Interleave contestants within each repetition so that drift in
+                # the machine's speed spreads over all of them.
+                for name in names:
+                    print(f"rep {rep + 1}/{args.reps}: {name}", file=sys.stderr)
+                    raw[name].append(measure(args, kinds[name](args.certs, args.work)))
+            medians = {n: {k: statistics.median(r[k] for r in raw[n]) for k in raw[n][0]} for n in names}
+            webhook = None if args.no_webhook else bench_webhook(args)
+        finally:
+            upstream.terminate()
+            upstream.wait()
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    print(f"\nkube-mtls benchmark: {cpu}; medians of {args.reps} × {args.seconds:g}s; proxy on CPU {PROXY_CPU}, "
+          f"load generator and upstream on CPU {LOAD_CPU}\n")
+    print(table(medians, names))
+    if webhook:
+        print(f"\nwebhook (AdmissionReview of a {webhook['pod_bytes']:,}-byte multi-container pod over HTTPS, "
+              f"16 keep-alive connections): {webhook['rps']:,.0f} reviews/s, p50 {webhook['p50']:,.0f} µs, "
+              f"p99 {webhook['p99']:,.0f} µs, RSS {webhook['rss_kb'] / 1024:.1f} MB, errors {webhook['errors']}")
+    if args.json:
+        args.json.write_text(json.dumps({"raw": raw, "medians": medians, "webhook": webhook}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

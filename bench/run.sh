@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command for the benchmark: installs the peers (nginx, HAProxy) and the
+# tools it uses, builds the release binaries, and runs bench/run.py, which
+# prints the results table. Arguments go to run.py (e.g. --reps 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || ! command -v taskset >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nginx haproxy util-linux >/dev/null
+fi
+# PyYAML reads the webhook's test manifests for a realistic AdmissionReview.
+python3 -c 'import yaml' 2>/dev/null || pip install --quiet pyyaml
+# Debian starts the packaged services; the benchmark runs its own instances.
+systemctl stop nginx haproxy 2>/dev/null || true
+
+cargo build --release --locked -p kube-mtls-sidecar -p kube-mtls-webhook -p kube-mtls-bench
+exec python3 bench/run.py "$@"

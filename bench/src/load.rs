@@ -1,0 +1,370 @@
+//! The four load shapes of the benchmark, each producing a [`Report`].
+//!
+//! Latency is recorded per task in an HDR histogram (microseconds) and the
+//! histograms are merged at the end, so the hot loop never shares anything.
+//! At a fixed rate, latency is measured from when a request was *due*, not
+//! from when it was sent: a proxy that stalls cannot hide the requests that
+//! queued up behind the stall (no coordinated omission).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use serde::Serialize;
+
+use crate::client::{ClientError, Target};
+
+/// The request every scenario sends, built once and cloned per request.
+#[derive(Clone)]
+pub struct RequestSpec {
+    pub method: Method,
+    pub path: String,
+    pub authority: String,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl RequestSpec {
+    fn build(&self, close: bool) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.path)
+            .header(http::header::HOST, &self.authority);
+        if let Some(ct) = &self.content_type {
+            req = req.header(http::header::CONTENT_TYPE, ct);
+        }
+        if close {
+            req = req.header(http::header::CONNECTION, "close");
+        }
+        req.body(Full::new(self.body.clone()))
+            .unwrap_or_else(|_| Request::new(Full::new(self.body.clone())))
+    }
+
+    /// The same request in HTTP/2 form (authority in the URI, no Host header).
+    fn build_h2(&self, scheme: &str) -> Request<Full<Bytes>> {
+        let uri = format!("{scheme}://{}{}", self.authority, self.path);
+        let mut req = Request::builder().method(self.method.clone()).uri(uri);
+        if let Some(ct) = &self.content_type {
+            req = req.header(http::header::CONTENT_TYPE, ct);
+        }
+        req.body(Full::new(self.body.clone()))
+            .unwrap_or_else(|_| Request::new(Full::new(self.body.clone())))
+    }
+}
+
+/// One scenario's result, printed as a JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    /// Completed requests (or connections, for `handshake`) per second.
+    pub rate: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// The first error seen, to make a failed run explain itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// What one task measured.
+struct Tally {
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            // 1 µs to 60 s at 3 significant digits: constant, valid bounds.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+            requests: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn ok(&mut self, since: Instant) {
+        self.requests += 1;
+        let us = since.elapsed().as_micros().max(1) as u64;
+        self.latency.saturating_record(us);
+    }
+
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+
+    fn merge(tallies: Vec<Tally>, scenario: &'static str, seconds: f64) -> Report {
+        let mut all = Tally::new();
+        for t in tallies {
+            let _ = all.latency.add(&t.latency);
+            all.requests += t.requests;
+            all.errors += t.errors;
+            if all.first_error.is_none() {
+                all.first_error = t.first_error;
+            }
+        }
+        Report {
+            scenario,
+            requests: all.requests,
+            errors: all.errors,
+            seconds,
+            rate: all.requests as f64 / seconds,
+            p50_us: all.latency.value_at_quantile(0.50),
+            p90_us: all.latency.value_at_quantile(0.90),
+            p99_us: all.latency.value_at_quantile(0.99),
+            max_us: all.latency.max(),
+            first_error: all.first_error,
+        }
+    }
+}
+
+/// Sends one HTTP/1.1 request and reads the whole response; anything but 200
+/// counts as an error.
+async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    if status == http::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match t.await {
+            Ok(tally) => out.push(tally),
+            Err(e) => {
+                let mut tally = Tally::new();
+                tally.error(format!("load task failed: {e}"));
+                out.push(tally);
+            }
+        }
+    }
+    out
+}
+
+/// `connections` keep-alive HTTP/1.1 connections, each sending its next
+/// request as soon as the previous answer arrived. Connections are opened
+/// before the clock starts.
+pub async fn keepalive(
+    target: &Target,
+    spec: &RequestSpec,
+    connections: usize,
+    duration: Duration,
+) -> Result<Report, ClientError> {
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(target.http1().await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks = senders
+        .into_iter()
+        .map(|mut sender| {
+            let (target, spec) = (target.clone(), spec.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match exchange(&mut sender, spec.build(false)).await {
+                        Ok(()) => tally.ok(t),
+                        Err(e) => {
+                            tally.error(e);
+                            match target.http1().await {
+                                Ok(s) => sender = s,
+                                Err(e) => {
+                                    tally.error(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let tallies = join(tasks).await;
+    Ok(Tally::merge(
+        tallies,
+        "keepalive",
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// A fixed total rate spread over `connections` keep-alive connections.
+/// Each connection has its own schedule, offset so that the requests of all
+/// of them interleave evenly.
+pub async fn fixed_rate(
+    target: &Target,
+    spec: &RequestSpec,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> Result<Report, ClientError> {
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(target.http1().await?);
+    }
+    let period = Duration::from_secs_f64(connections as f64 / rate);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut sender)| {
+            let (target, spec) = (target.clone(), spec.clone());
+            let first = start + period.mul_f64(i as f64 / connections as f64);
+            tokio::spawn(async move {
+                let mut tally = Tally::new();
+                let mut due = first;
+                while due < deadline {
+                    tokio::time::sleep_until(due.into()).await;
+                    match exchange(&mut sender, spec.build(false)).await {
+                        Ok(()) => tally.ok(due),
+                        Err(e) => {
+                            tally.error(e);
+                            match target.http1().await {
+                                Ok(s) => sender = s,
+                                Err(e) => {
+                                    tally.error(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    due += period;
+                }
+                tally
+            })
+        })
+        .collect();
+    let tallies = join(tasks).await;
+    Ok(Tally::merge(tallies, "rate", duration.as_secs_f64()))
+}
+
+/// `concurrency` loops that each open a new connection (a full TLS handshake
+/// with client certificate: resumption is off), send one request with
+/// `Connection: close`, read the answer and hang up. The rate is connections
+/// per second; latency covers connect, handshake and the request.
+pub async fn handshakes(
+    target: &Target,
+    spec: &RequestSpec,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<Report, ClientError> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks = (0..concurrency)
+        .map(|_| {
+            let (target, spec) = (target.clone(), spec.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let result = match target.http1().await {
+                        Ok(mut sender) => exchange(&mut sender, spec.build(true)).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match result {
+                        Ok(()) => tally.ok(t),
+                        Err(e) => tally.error(e),
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let tallies = join(tasks).await;
+    Ok(Tally::merge(
+        tallies,
+        "handshake",
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// `connections` HTTP/2 connections with `streams` requests in flight on
+/// each at all times.
+pub async fn http2(
+    target: &Target,
+    spec: &RequestSpec,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
+) -> Result<Report, ClientError> {
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(target.http2().await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(connections * streams);
+    for sender in &senders {
+        for _ in 0..streams {
+            let (mut sender, spec) = (sender.clone(), spec.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let result = async {
+                        sender.ready().await.map_err(|e| e.to_string())?;
+                        let resp = sender
+                            .send_request(spec.build_h2(scheme))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let status = resp.status();
+                        resp.into_body()
+                            .collect()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if status == http::StatusCode::OK {
+                            Ok(())
+                        } else {
+                            Err(format!("status {status}"))
+                        }
+                    }
+                    .await;
+                    match result {
+                        Ok(()) => tally.ok(t),
+                        Err(e) => {
+                            // An HTTP/2 connection that failed stays failed:
+                            // stop this stream rather than spin on errors.
+                            tally.error(e);
+                            break;
+                        }
+                    }
+                }
+                tally
+            }));
+        }
+    }
+    let tallies = join(tasks).await;
+    Ok(Tally::merge(tallies, "h2", start.elapsed().as_secs_f64()))
+}
