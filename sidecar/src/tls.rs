@@ -249,7 +249,7 @@ pub async fn watch(store: Arc<TlsStore>, metrics: Arc<crate::metrics::Metrics>) 
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|event| changes_files(&event.kind)) {
             // A full channel already means "reload pending".
             let _ = tx.try_send(());
         }
@@ -291,6 +291,17 @@ pub async fn watch(store: Arc<TlsStore>, metrics: Arc<crate::metrics::Metrics>) 
             }
         }
     }
+}
+
+/// Whether a file event can mean new certificate files. Reads are not: the
+/// reload itself opens and reads the files, and reacting to that would reload
+/// again and again.
+fn changes_files(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    matches!(
+        kind,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    )
 }
 
 /// Hex SHA-256 of a DER certificate, as XFCC's `Hash` field wants it.
@@ -389,5 +400,55 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_files;
+    use notify::Watcher;
+    use std::time::Duration;
+
+    /// Real inotify: reading the certificate files (what every reload does)
+    /// must not look like a change, or the watcher would reload forever; a
+    /// new file in the directory must.
+    #[test]
+    fn reads_are_not_changes_but_new_files_are() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("tls.crt");
+        std::fs::write(&cert, "pem").expect("write");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                let _ = tx.send(event);
+            }
+        })
+        .expect("watcher");
+        watcher
+            .watch(dir.path(), notify::RecursiveMode::NonRecursive)
+            .expect("watch");
+
+        for _ in 0..3 {
+            std::fs::read(&cert).expect("read");
+        }
+        let marker = dir.path().join("..data_tmp");
+        std::fs::write(&marker, "").expect("marker");
+
+        let mut reads = 0;
+        loop {
+            let event = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the new file was never reported");
+            if event.paths.iter().any(|p| p == &marker) {
+                assert!(changes_files(&event.kind), "{event:?}");
+                break;
+            }
+            assert!(
+                !changes_files(&event.kind),
+                "a read counted as a change: {event:?}"
+            );
+            reads += 1;
+        }
+        assert!(reads > 0, "inotify reported no access events for the reads");
     }
 }
