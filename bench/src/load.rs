@@ -132,12 +132,16 @@ impl Tally {
 
 /// Sends one HTTP/1.1 request and reads the whole response; anything but 200
 /// counts as an error.
-async fn exchange(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> Result<(), String> {
+type Http1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn exchange(sender: &mut Http1, req: Request<Full<Bytes>>) -> Result<(), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    read_ok(resp).await
+}
+
+/// Reads a whole response; anything but 200 is an error.
+async fn read_ok(resp: http::Response<hyper::body::Incoming>) -> Result<(), String> {
     let status = resp.status();
     resp.into_body()
         .collect()
@@ -148,6 +152,41 @@ async fn exchange(
     } else {
         Err(format!("status {status}"))
     }
+}
+
+/// Opens `n` HTTP/1.1 connections before the clock starts.
+async fn open_http1(target: &Target, n: usize) -> Result<Vec<Http1>, ClientError> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        senders.push(target.http1().await?);
+    }
+    Ok(senders)
+}
+
+/// One request on a keep-alive connection, recorded as taking from `since`.
+/// A failed request is counted and the connection replaced; `false` means
+/// no new connection could be opened and the task should stop.
+async fn keepalive_request(
+    tally: &mut Tally,
+    sender: &mut Http1,
+    target: &Target,
+    req: Request<Full<Bytes>>,
+    since: Instant,
+) -> bool {
+    match exchange(sender, req).await {
+        Ok(()) => tally.ok(since),
+        Err(e) => {
+            tally.error(e);
+            match target.http1().await {
+                Ok(s) => *sender = s,
+                Err(e) => {
+                    tally.error(e);
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
@@ -174,10 +213,7 @@ pub async fn keepalive(
     connections: usize,
     duration: Duration,
 ) -> Result<Report, ClientError> {
-    let mut senders = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        senders.push(target.http1().await?);
-    }
+    let senders = open_http1(target, connections).await?;
     let start = Instant::now();
     let deadline = start + duration;
     let tasks = senders
@@ -187,19 +223,9 @@ pub async fn keepalive(
             tokio::spawn(async move {
                 let mut tally = Tally::new();
                 while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match exchange(&mut sender, spec.build(false)).await {
-                        Ok(()) => tally.ok(t),
-                        Err(e) => {
-                            tally.error(e);
-                            match target.http1().await {
-                                Ok(s) => sender = s,
-                                Err(e) => {
-                                    tally.error(e);
-                                    break;
-                                }
-                            }
-                        }
+                    let (req, t) = (spec.build(false), Instant::now());
+                    if !keepalive_request(&mut tally, &mut sender, &target, req, t).await {
+                        break;
                     }
                 }
                 tally
@@ -224,10 +250,7 @@ pub async fn fixed_rate(
     rate: f64,
     duration: Duration,
 ) -> Result<Report, ClientError> {
-    let mut senders = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        senders.push(target.http1().await?);
-    }
+    let senders = open_http1(target, connections).await?;
     let period = Duration::from_secs_f64(connections as f64 / rate);
     let start = Instant::now();
     let deadline = start + duration;
@@ -242,18 +265,9 @@ pub async fn fixed_rate(
                 let mut due = first;
                 while due < deadline {
                     tokio::time::sleep_until(due.into()).await;
-                    match exchange(&mut sender, spec.build(false)).await {
-                        Ok(()) => tally.ok(due),
-                        Err(e) => {
-                            tally.error(e);
-                            match target.http1().await {
-                                Ok(s) => sender = s,
-                                Err(e) => {
-                                    tally.error(e);
-                                    break;
-                                }
-                            }
-                        }
+                    let req = spec.build(false);
+                    if !keepalive_request(&mut tally, &mut sender, &target, req, due).await {
+                        break;
                     }
                     due += period;
                 }
@@ -339,16 +353,7 @@ pub async fn http2(
                             .send_request(spec.build_h2(scheme))
                             .await
                             .map_err(|e| e.to_string())?;
-                        let status = resp.status();
-                        resp.into_body()
-                            .collect()
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if status == http::StatusCode::OK {
-                            Ok(())
-                        } else {
-                            Err(format!("status {status}"))
-                        }
+                        read_ok(resp).await
                     }
                     .await;
                     match result {
