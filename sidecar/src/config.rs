@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, env = "KUBE_MTLS_MAX_HEADER_SIZE", default_value_t = 16 * 1024)]
     pub max_header_size: usize,
 
-    /// Worker threads of the async runtime.
+    /// Worker threads of the async runtime; 1 runs everything on one thread.
     #[arg(long, env = "KUBE_MTLS_WORKERS", default_value_t = 2)]
     pub workers: usize,
 
