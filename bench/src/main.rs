@@ -138,13 +138,20 @@ async fn run(args: RunArgs) -> anyhow::Result<load::Report> {
         ),
         None => (http::Method::GET, Bytes::new()),
     };
-    let spec = RequestSpec {
-        method,
-        path: args.path.clone(),
-        authority: args.server_name.clone(),
-        content_type: args.content_type.clone(),
-        body,
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
+    let spec = RequestSpec::new(
+        method,
+        &args.path,
+        &args.server_name,
+        args.content_type.as_deref(),
+        body,
+        scheme,
+    )
+    .context("--path, --server-name and --content-type must form a valid HTTP request")?;
     let duration = Duration::from_secs_f64(args.seconds);
     let report = match args.scenario {
         Scenario::Keepalive => load::keepalive(&target, &spec, args.connections, duration).await,

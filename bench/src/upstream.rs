@@ -20,10 +20,12 @@ pub const BODY: &[u8] = b"hello from the upstream\n";
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Drain the request body so keep-alive connections stay usable.
     let _ = req.into_body().collect().await;
-    Ok(Response::builder()
-        .header(http::header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from_static(BODY)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(BODY)))))
+    let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    Ok(resp)
 }
 
 /// Serves until the process is stopped.

@@ -158,22 +158,21 @@ fn a_client_without_certificate_counts_as_errors() {
 
 #[test]
 fn bad_arguments_are_refused_with_the_flag_named() {
-    let out = Command::new(LOADGEN)
-        .args([
-            "run",
-            "--scenario",
-            "rate",
-            "--target",
-            "127.0.0.1:9",
-            "--rate",
-            "0",
-        ])
-        .output()
-        .expect("run loadgen");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--rate"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (flag, value) in [("--rate", "0"), ("--path", "/not a path")] {
+        let out = Command::new(LOADGEN)
+            .args([
+                "run",
+                "--scenario",
+                "rate",
+                "--target",
+                "127.0.0.1:9",
+                flag,
+                value,
+            ])
+            .output()
+            .expect("run loadgen");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value:?} was accepted");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
 }
