@@ -248,30 +248,41 @@ backend app
         return ["haproxy", "-db", "-f", str(conf)]
 
 
-def loadgen(args, scenario, port, tls, extra=(), sample=None, seconds=None):
-    """Runs one scenario; `sample` (a callable) is called every 200 ms while it
-    runs and its results are returned alongside the report."""
+def loadgen(args, scenario, port, tls, extra=(), seconds=None, client_cert=True, proxy=None):
+    """Runs one scenario and returns its report. With `proxy` (a callable
+    giving the proxy's pids), the report also holds the proxy's CPU use over
+    the run (`cpu_pct`) and its peak memory (`rss_kb`, `anon_kb`), sampled
+    every 200 ms."""
     argv = [binary("kube-mtls-loadgen"), "run", "--scenario", scenario,
             "--target", f"127.0.0.1:{port}", "--seconds", str(seconds or args.seconds)]
     if tls:
         client = args.certs / "client"
-        argv += ["--ca", str(client / "ca.crt"), "--cert", str(client / "tls.crt"),
-                 "--key", str(client / "tls.key")]
+        argv += ["--ca", str(client / "ca.crt")]
+        if client_cert:
+            argv += ["--cert", str(client / "tls.crt"), "--key", str(client / "tls.key")]
     argv += list(extra)
+    before = cpu_ticks(proxy()) if proxy else 0
+    t0 = time.monotonic()
     proc = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples = []
-    if sample is not None:
+    if proxy:
         while proc.poll() is None:
-            samples.append(sample())
+            samples.append(memory_kb(proxy()))
             time.sleep(0.2)
     out, err = proc.communicate()
+    wall = time.monotonic() - t0
     if proc.returncode != 0:
         sys.exit(f"load generator failed ({scenario} on {port}): {err.strip()}")
     report = json.loads(out)
     if report["errors"]:
         print(f"  warning: {scenario} on {port}: {report['errors']} errors, first: {report.get('first_error')}",
               file=sys.stderr)
-    return report, samples
+    if proxy:
+        samples.append(memory_kb(proxy()))
+        report["cpu_pct"] = 100.0 * (cpu_ticks(proxy()) - before) / CLK_TCK / wall
+        report["rss_kb"] = max(rss for rss, _ in samples)
+        report["anon_kb"] = max(anon for _, anon in samples)
+    return report
 
 
 def measure(args, contestant):
@@ -281,43 +292,34 @@ def measure(args, contestant):
     contestant.start()
     results = {}
     try:
-        pids = contestant.pids()
-        if pids:
+        proxy = contestant.pids if contestant.pids() else None
+        if proxy:
             # Idle: started, listening, one request served (so the certificate
             # and the upstream pool exist), then left alone.
             loadgen(args, "rate", port, tls, ["--rate", "10", "--connections", "1"], seconds=0.2)
-            rss, anon = memory_kb(contestant.pids())
-            results["idle_rss_kb"], results["idle_anon_kb"] = rss, anon
+            results["idle_rss_kb"], results["idle_anon_kb"] = memory_kb(proxy())
 
-        before = cpu_ticks(contestant.pids())
-        t0 = time.monotonic()
-        r, _ = loadgen(args, "keepalive", port, tls, ["--connections", str(args.connections)])
-        wall = time.monotonic() - t0
+        r = loadgen(args, "keepalive", port, tls, ["--connections", str(args.connections)], proxy=proxy)
         results["ka_rps"], results["ka_p50"], results["ka_p99"] = r["rate"], r["p50_us"], r["p99_us"]
-        if pids:
+        if proxy:
             # Near 100 % means the proxy's core is the limit; well below, the
             # load generator's core is.
-            results["ka_cpu_pct"] = 100.0 * (cpu_ticks(contestant.pids()) - before) / CLK_TCK / wall
+            results["ka_cpu_pct"] = r["cpu_pct"]
 
-        before = cpu_ticks(contestant.pids())
-        t0 = time.monotonic()
-        r, samples = loadgen(args, "rate", port, tls,
-                             ["--rate", str(args.rate), "--connections", str(args.rate_connections)],
-                             sample=(lambda: memory_kb(contestant.pids())) if pids else None)
-        wall = time.monotonic() - t0
+        r = loadgen(args, "rate", port, tls,
+                    ["--rate", str(args.rate), "--connections", str(args.rate_connections)], proxy=proxy)
         results["rate_p50"], results["rate_p99"] = r["p50_us"], r["p99_us"]
         results["rate_achieved"] = r["rate"]
-        if pids:
-            results["rate_cpu_pct"] = 100.0 * (cpu_ticks(contestant.pids()) - before) / CLK_TCK / wall
-            results["rate_rss_kb"] = max(s[0] for s in samples) if samples else memory_kb(pids)[0]
-            results["rate_anon_kb"] = max(s[1] for s in samples) if samples else memory_kb(pids)[1]
+        if proxy:
+            results["rate_cpu_pct"], results["rate_rss_kb"], results["rate_anon_kb"] = (
+                r["cpu_pct"], r["rss_kb"], r["anon_kb"])
 
-        r, _ = loadgen(args, "handshake", port, tls, ["--connections", str(args.handshake_concurrency)])
+        r = loadgen(args, "handshake", port, tls, ["--connections", str(args.handshake_concurrency)])
         results["hs_rate"], results["hs_p99"] = r["rate"], r["p99_us"]
 
         if tls:
-            r, _ = loadgen(args, "h2", port, tls,
-                           ["--connections", str(args.h2_connections), "--streams", str(args.h2_streams)])
+            r = loadgen(args, "h2", port, tls,
+                        ["--connections", str(args.h2_connections), "--streams", str(args.h2_streams)])
             results["h2_rps"], results["h2_p99"] = r["rate"], r["p99_us"]
     finally:
         contestant.stop()
@@ -373,17 +375,11 @@ def bench_webhook(args):
         answer = json.loads(reply.split(b"\r\n\r\n", 1)[1])
         if not answer["response"].get("allowed") or "patch" not in answer["response"]:
             sys.exit(f"the webhook did not inject the benchmark pod: {answer['response']}")
-        runs = []
-        for _ in range(args.reps):
-            client = args.certs / "client"
-            argv = [binary("kube-mtls-loadgen"), "run", "--scenario", "keepalive",
-                    "--target", f"127.0.0.1:{WEBHOOK}", "--seconds", str(args.seconds),
-                    "--ca", str(client / "ca.crt"), "--connections", "16", "--path", "/mutate",
-                    "--body", str(body), "--content-type", "application/json"]
-            out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, check=True).stdout
-            report = json.loads(out)
-            report["rss_kb"] = memory_kb([proc.pid])[0]
-            runs.append(report)
+        runs = [loadgen(args, "keepalive", WEBHOOK, True,
+                        ["--connections", "16", "--path", "/mutate", "--body", str(body),
+                         "--content-type", "application/json"],
+                        client_cert=False, proxy=lambda: [proc.pid])
+                for _ in range(args.reps)]
         return {
             "rps": statistics.median(r["rate"] for r in runs),
             "p50": statistics.median(r["p50_us"] for r in runs),
