@@ -1,9 +1,9 @@
 # One entry point for every check CI runs; `make test` is the command README.md shows.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy generated-check cargo-test chart-check lint-files generate
+.PHONY: test fmt-check clippy generated-check cargo-test cluster-test chart-check lint-files generate
 
-test: fmt-check clippy generated-check cargo-test chart-check lint-files
+test: fmt-check clippy generated-check cargo-test chart-check lint-files cluster-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -20,6 +20,14 @@ generated-check:
 cargo-test:
 	$(CARGO) build --workspace --bins --locked
 	KUBE_MTLS_REQUIRE_NETNS=1 $(CARGO) test --workspace --locked
+
+# The cluster test: a real control plane (etcd, kube-apiserver,
+# kube-controller-manager, cert-manager) built from pinned Go modules, then
+# helm install, annotate, and injected pods serving mTLS. Needs root and Go.
+cluster-test:
+	e2e/cluster/build.sh
+	$(CARGO) build --workspace --bins --locked
+	$(CARGO) test -p kube-mtls-tests --test cluster --locked -- --ignored --nocapture
 
 # helm lint, helm template, strict schema validation, values.schema.json cases.
 chart-check:

@@ -38,6 +38,8 @@ pub struct Leaf {
     pub ips: Vec<std::net::IpAddr>,
     pub usage: Usage,
     pub validity: Validity,
+    /// The subject's O; Kubernetes reads it as the client's groups.
+    pub organization: String,
 }
 
 impl Leaf {
@@ -51,6 +53,7 @@ impl Leaf {
             ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
             usage: Usage::ServerAndClient,
             validity: Validity::Current,
+            organization: "kube-mtls tests".to_owned(),
         }
     }
 
@@ -63,7 +66,28 @@ impl Leaf {
             ips: Vec::new(),
             usage: Usage::ServerAndClient,
             validity: Validity::Current,
+            organization: "kube-mtls tests".to_owned(),
         }
+    }
+
+    /// A client certificate for a Kubernetes user `name` in group `group`.
+    pub fn kube_user(name: &str, group: &str) -> Leaf {
+        let mut leaf = Leaf::dns(name).usage(Usage::ClientOnly);
+        leaf.dns.clear();
+        leaf.organization = group.to_owned();
+        leaf
+    }
+
+    /// Adds IP address SANs.
+    pub fn ips(mut self, ips: &[std::net::IpAddr]) -> Leaf {
+        self.ips.extend_from_slice(ips);
+        self
+    }
+
+    /// Adds DNS name SANs.
+    pub fn dns_names(mut self, names: &[&str]) -> Leaf {
+        self.dns.extend(names.iter().map(|n| (*n).to_owned()));
+        self
     }
 
     pub fn usage(mut self, usage: Usage) -> Leaf {
@@ -148,7 +172,9 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, leaf.common_name.as_str());
-        dn.push(DnType::OrganizationName, "kube-mtls tests");
+        if !leaf.organization.is_empty() {
+            dn.push(DnType::OrganizationName, leaf.organization.as_str());
+        }
         params.distinguished_name = dn;
         for u in &leaf.uris {
             params

@@ -5,11 +5,15 @@
 //! - [`tls`]: an mTLS HTTP client (rustls + hyper).
 //! - [`app`]: a stand-in app that echoes what it received.
 //! - [`netns`]: "pods" built from network namespaces, with real iptables.
+//! - [`kubelet`]: a stand-in kubelet that runs injected pod specs in those pods.
+//! - [`cluster`]: a real control plane (etcd, API server, controller manager, cert-manager).
 //! - [`process`]: running the real binaries, waiting for readiness, reading their logs.
 
 pub mod app;
 pub mod bins;
 pub mod certs;
+pub mod cluster;
+pub mod kubelet;
 pub mod netns;
 pub mod process;
 pub mod tls;

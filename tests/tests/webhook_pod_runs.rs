@@ -1,14 +1,12 @@
-//! The injected pod works as written: a pod the webhook produced is run in a
-//! network-namespace pod exactly as its spec says — the init container's command
-//! and arguments with only the capabilities it asks for, the sidecar's command,
-//! arguments and environment under its UID, its certificate Secret mounted at
-//! the path the spec names — and then callers are let in or kept out.
+//! The injected pod works as written: a pod the offline injector produced is
+//! run by the stand-in kubelet ([`kube_mtls_tests::kubelet`]) exactly as its
+//! spec says, and then callers are let in or kept out.
 
 use std::process::Command;
 
 use kube_mtls_tests::bins::bin;
 use kube_mtls_tests::certs::{Leaf, TestCa};
-use kube_mtls_tests::netns::Pod;
+use kube_mtls_tests::kubelet::{CERT_VOLUME, container, run_injected};
 use kube_mtls_tests::process::plain_get;
 use kube_mtls_tests::require_netns;
 use kube_mtls_tests::tls::{client_config, get};
@@ -35,23 +33,6 @@ spec:
       httpGet: {path: /healthz, port: http}
 "#;
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn container<'a>(spec: &'a Value, list: &str, name: &str) -> &'a Value {
-    spec[list]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .unwrap_or_else(|| panic!("{name} not in {list}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_injected_by_the_webhook_runs_as_written() {
     require_netns!();
@@ -75,79 +56,24 @@ async fn a_pod_injected_by_the_webhook_runs_as_written() {
     let pod_doc = docs.iter().find(|d| d["kind"] == "Pod").unwrap();
     let cert_doc = docs.iter().find(|d| d["kind"] == "Certificate").unwrap();
     let spec = &pod_doc["spec"];
-    let init = container(spec, "initContainers", "kube-mtls-init");
-    let sidecar = container(spec, "initContainers", "kube-mtls-sidecar");
 
     // The Secret cert-manager would write for the Certificate, issued by the cluster CA.
     let ca = TestCa::new("cluster CA");
     let uri = cert_doc["spec"]["uris"][0].as_str().unwrap();
     assert_eq!(uri, "spiffe://cluster.local/ns/shop/sa/orders");
-    let mut pod = Pod::create();
-    let secret_dir = pod.dir.join("secret");
-    ca.issue(&Leaf::spiffe(uri)).write_dir(&secret_dir).unwrap();
     let volume = spec["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "kube-mtls-certs")
+        .find(|v| v["name"] == CERT_VOLUME)
         .unwrap();
     assert_eq!(
         volume["secret"]["secretName"], cert_doc["spec"]["secretName"],
         "the pod mounts its Certificate's Secret"
     );
-    let mount = sidecar["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "kube-mtls-certs")
-        .unwrap()["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    pod.start_app(&[8080]);
-
-    // The init container: its command and args, with exactly the capabilities it adds.
-    let caps: Vec<String> = strings(&init["securityContext"]["capabilities"]["add"])
-        .iter()
-        .map(|c| format!("+{}", c.to_ascii_lowercase()))
-        .collect();
-    assert_eq!(init["securityContext"]["capabilities"]["drop"][0], "ALL");
-    let cap_set = format!("-all,{}", caps.join(","));
-    let mut init_cmd = pod.command("setpriv");
-    init_cmd
-        .arg(format!("--inh-caps={cap_set}"))
-        .arg(format!("--bounding-set={cap_set}"))
-        .arg(bin(&strings(&init["command"])[0]))
-        .args(strings(&init["args"]));
-    let out = init_cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "init container failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // The sidecar: command, args and env under its UID, the Secret mounted where
-    // the spec says (a private bind mount in the pod's own mount namespace).
-    let uid = sidecar["securityContext"]["runAsUser"].as_u64().unwrap();
-    let mut script = format!(
-        "mkdir -p {mount} && mount --bind {} {mount} && exec setpriv --reuid={uid} --regid={uid} --clear-groups",
-        secret_dir.display()
-    );
-    script.push_str(&format!(
-        " {}",
-        bin(&strings(&sidecar["command"])[0]).display()
-    ));
-    for a in strings(&sidecar["args"]) {
-        script.push_str(&format!(" '{a}'"));
-    }
-    let mut cmd = pod.command("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-    for e in sidecar["env"].as_array().unwrap() {
-        cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
-    }
-    cmd.env("KUBE_MTLS_LOG_FORMAT", "text");
-    pod.start_sidecar_cmd(cmd);
+    let running = run_injected(spec, &ca.issue(&Leaf::spiffe(uri)), &[8080]);
+    let pod = &running.pod;
+    let sidecar = container(spec, "initContainers", "kube-mtls-sidecar");
 
     // The sidecar's own startup probe and the app's rewritten readiness probe, as kubelet would call them.
     let startup = &sidecar["startupProbe"]["httpGet"];

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::cluster::ClusterView;
+use crate::names;
 use crate::profile::{IssuerRef, MtlsProfileSpec};
 
 pub const PREFIX: &str = "kube-mtls.io/";
@@ -142,16 +143,14 @@ pub struct Resolved {
 
 impl Resolved {
     pub fn identity(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        names::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
     }
 
+    /// The pod's own Secret if it names one, else the Certificate's.
     pub fn secret_name(&self) -> String {
         self.secret
             .clone()
-            .unwrap_or_else(|| format!("kube-mtls-{}-tls", self.service_account))
+            .unwrap_or_else(|| names::secret_name(&self.service_account))
     }
 
     /// Whether inbound traffic to `port` goes through the sidecar.

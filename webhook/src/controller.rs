@@ -1,12 +1,21 @@
-//! Keeps workload Certificates in line with current settings, and removes them
-//! when their service account is gone.
+//! Keeps workload Certificates as they were made at admission, and removes
+//! them when their service account is gone.
 //!
 //! A kube-runtime controller watches the Certificates this webhook manages
 //! (label `app.kubernetes.io/managed-by=kube-mtls`) and the service accounts
 //! they belong to. Reconciling one Certificate:
 //! 1. its service account no longer exists → delete the Certificate;
-//! 2. its spec differs from what the current settings make of it (someone
-//!    edited it, or the lifetimes changed) → apply the desired spec again.
+//! 2. a label, annotation or spec field the webhook sets differs from the
+//!    desired object (someone edited it) → apply the desired object again.
+//!
+//! The desired object is rebuilt from what admission recorded on the
+//! Certificate (`kube-mtls.io/*` annotations, lifetime included), not from the
+//! webhook's current flags: a duration an MtlsProfile asked for stays. New
+//! flag or profile values reach a Certificate when a pod of its service account
+//! is next admitted. Certificates older than the recorded lifetime keep the
+//! lifetime in their spec; see [`crate::certificate`]. Only the fields the
+//! webhook sets are compared ([`DesiredCertificate::in_line`]), so defaults the
+//! API server or cert-manager fill in do not make it apply on every reconcile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +29,18 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::certificate::{self, DesiredCertificate, FIELD_MANAGER, MANAGED_BY};
+use crate::metrics::Metrics;
+use crate::names;
 
 /// What reconciling needs.
 pub struct Context {
     pub client: Client,
+    /// The flags' lifetime, only for a Certificate that records none and has
+    /// none in its spec.
     pub duration: String,
     pub renew_before: String,
+    /// Counts reconciles by outcome.
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +79,7 @@ pub async fn reconcile_certificate(
         tracing::info!(namespace = %desired.namespace, certificate = %cert.name_any(), "service account gone; Certificate deleted");
         return Ok(Outcome::Deleted);
     }
-    let current = cert.data.get("spec").cloned().unwrap_or_default();
-    if current == desired.spec() {
+    if desired.in_line(cert) {
         return Ok(Outcome::InLine);
     }
     certs
@@ -75,16 +89,30 @@ pub async fn reconcile_certificate(
             &Patch::Apply(desired.object()),
         )
         .await?;
-    tracing::info!(namespace = %desired.namespace, certificate = %cert.name_any(), "Certificate brought in line with current settings");
+    tracing::info!(namespace = %desired.namespace, certificate = %cert.name_any(), "Certificate brought back in line with what was recorded on it");
     Ok(Outcome::Updated)
 }
 
+impl Outcome {
+    /// The metric label of this outcome.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Deleted => "deleted",
+            Outcome::Updated => "updated",
+            Outcome::InLine => "in_line",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
 async fn reconcile(cert: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    reconcile_certificate(&cert, &ctx).await?;
+    let outcome = reconcile_certificate(&cert, &ctx).await?;
+    ctx.metrics.reconciled(outcome.as_str());
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-fn error_policy(_: Arc<DynamicObject>, err: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconciled("error");
     tracing::warn!(error = %err, "Certificate reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
@@ -102,13 +130,8 @@ pub async fn run(ctx: Context) {
             watcher::Config::default(),
             move |sa: ServiceAccount| {
                 let ns = sa.namespace()?;
-                Some(
-                    ObjectRef::new_with(
-                        &format!("kube-mtls-{}", sa.name_any()),
-                        ar_for_map.clone(),
-                    )
-                    .within(&ns),
-                )
+                let name = names::certificate_name(&sa.name_any());
+                Some(ObjectRef::new_with(&name, ar_for_map.clone()).within(&ns))
             },
         )
         .run(reconcile, error_policy, Arc::new(ctx))

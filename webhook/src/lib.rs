@@ -6,6 +6,7 @@
 //! - [`patch`]: the RFC 6902 operations on the pod's raw JSON.
 //! - [`certificate`]: the cert-manager Certificate of an identity.
 //! - [`controller`]: keeps those Certificates in line, removes orphans.
+//! - [`names`]: the naming rule (Certificate, Secret, SPIFFE ID) of an identity.
 //! - [`profile`]: the `MtlsProfile` CRD. [`cluster`]: profiles and namespaces from reflectors.
 //! - [`offline`]: `inject -f` for GitOps. [`server`]: HTTPS and health ports.
 //! - [`events`], [`metrics`].
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod controller;
 pub mod events;
 pub mod metrics;
+pub mod names;
 pub mod offline;
 pub mod patch;
 pub mod profile;

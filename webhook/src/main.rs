@@ -265,6 +265,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             client: client.clone(),
             duration: args.injection.cert_duration.clone(),
             renew_before: args.injection.cert_renew_before.clone(),
+            metrics: metrics.clone(),
         }));
         (
             ClusterView::Live {

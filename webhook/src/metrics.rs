@@ -1,5 +1,6 @@
 //! Prometheus metrics, prefixed `kube_mtls_webhook_`: pods injected, skipped
-//! (by reason), rejected, and admission latency.
+//! (by reason), rejected, admission latency, and Certificate reconciles (by
+//! outcome: a controller that keeps re-applying shows as a growing `updated`).
 
 use std::time::Duration;
 
@@ -16,12 +17,18 @@ struct Reason {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileOutcome {
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub injected: Counter,
     pub rejected: Counter,
     skipped: Family<Reason, Counter>,
     latency: Histogram,
+    reconciles: Family<ReconcileOutcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,12 +54,19 @@ impl Metrics {
             "Time to answer an AdmissionReview",
             latency.clone(),
         );
+        let reconciles = Family::<ReconcileOutcome, Counter>::default();
+        registry.register(
+            "certificate_reconciles",
+            "Certificate reconciles, by outcome (deleted, updated, in_line, ignored, error)",
+            reconciles.clone(),
+        );
         Metrics {
             registry,
             injected,
             rejected,
             skipped,
             latency,
+            reconciles,
         }
     }
 
@@ -61,6 +75,13 @@ impl Metrics {
             .get_or_create(&Reason {
                 reason: why.as_str().into(),
             })
+            .inc();
+    }
+
+    /// Counts one Certificate reconcile that ended in `outcome`.
+    pub fn reconciled(&self, outcome: &'static str) {
+        self.reconciles
+            .get_or_create(&ReconcileOutcome { outcome })
             .inc();
     }
 

@@ -210,11 +210,14 @@ fn rewrite_probes(
                     ));
                     continue;
                 };
-                let mut t =
-                    json!({"port": port, "path": h.get("path").cloned().unwrap_or(json!("/"))});
-                if let Some(s) = h.get("scheme") {
-                    t["scheme"] = s.clone();
-                }
+                // Written with the API server's defaults filled in, so a pod
+                // injected offline and one defaulted by the API server get
+                // the same target.
+                let mut t = json!({
+                    "port": port,
+                    "path": h.get("path").cloned().unwrap_or(json!("/")),
+                    "scheme": h.get("scheme").cloned().unwrap_or(json!("HTTP")),
+                });
                 if let Some(hd) = h.get("httpHeaders") {
                     t["httpHeaders"] = hd.clone();
                 }
