@@ -26,7 +26,7 @@ pub use pki::Pki;
 pub use workload::Workload;
 
 use crate::certs::Leaf;
-use crate::process::wait_until;
+use crate::process::{output_with_input, wait_until};
 
 /// The control plane's address inside its namespace (a veth end).
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 1);
@@ -300,24 +300,9 @@ impl Cluster {
 
     /// `kubectl <args>` with `input` on standard input.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .command(bin_dir().join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write manifest");
-        child.wait_with_output().expect("kubectl output")
+        let mut cmd = self.command(bin_dir().join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        output_with_input(&mut cmd, input.as_bytes())
     }
 
     /// `helm` as the admin, with its caches inside the cluster's directory.

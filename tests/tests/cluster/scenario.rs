@@ -2,12 +2,12 @@
 //! manifests a user would apply, reading pods back, and the offline injector
 //! run on the same templates.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use kube_mtls_tests::bins::bin;
 use kube_mtls_tests::cluster::Cluster;
+use kube_mtls_tests::process::output_with_input;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -180,21 +180,11 @@ pub fn injection_flags(c: &Cluster) -> Vec<String> {
 
 /// `kube-mtls-webhook inject` with `flags` on `manifest`: the injected Deployment.
 pub fn offline_inject(flags: &[String], manifest: &str) -> Value {
-    let mut child = Command::new(bin("kube-mtls-webhook"))
-        .args(["--log-format", "text", "inject"])
+    let mut cmd = Command::new(bin("kube-mtls-webhook"));
+    cmd.args(["--log-format", "text", "inject"])
         .args(flags)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kube-mtls-webhook inject");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(manifest.as_bytes())
-        .expect("write manifest");
-    drop(stdin);
-    let out = child.wait_with_output().expect("inject output");
+        .args(["-f", "-"]);
+    let out = output_with_input(&mut cmd, manifest.as_bytes());
     assert!(
         out.status.success(),
         "inject: {}",
@@ -240,17 +230,7 @@ pub fn serial(pem: &str) -> String {
 }
 
 fn openssl(args: &[&str], input: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl is installed");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).expect("write PEM");
-    drop(stdin);
-    let out = child.wait_with_output().expect("openssl output");
+    let out = output_with_input(Command::new("openssl").args(args), input.as_bytes());
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",

@@ -11,7 +11,7 @@ use kube_mtls_tests::app::Echo;
 use kube_mtls_tests::certs::Issued;
 use kube_mtls_tests::cluster::Cluster;
 use kube_mtls_tests::kubelet::{RunningPod, container};
-use kube_mtls_tests::process::{Proc, plain_get, wait_until};
+use kube_mtls_tests::process::{Proc, output_with_input, plain_get, wait_until};
 
 use super::scenario::{CRON, serial};
 
@@ -96,7 +96,6 @@ pub fn serve_mtls(c: &Cluster, orders: &RunningPod, front: &RunningPod) -> Ipv4A
 /// With `wait_for_close`, it reads until the server closes (to see a refusal
 /// that comes after the handshake); otherwise it quits once its input ends.
 fn s_client(dir: &Path, id: &Issued, ip: Ipv4Addr, request: &str, wait_for_close: bool) -> String {
-    use std::io::Write;
     for (f, data) in [
         ("c.crt", &id.cert_pem),
         ("c.key", &id.key_pem),
@@ -104,24 +103,16 @@ fn s_client(dir: &Path, id: &Issued, ip: Ipv4Addr, request: &str, wait_for_close
     ] {
         std::fs::write(dir.join(f), data).expect("write PEM");
     }
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("{ip}:8080")])
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("{ip}:8080")])
         .args(wait_for_close.then_some("-ign_eof"))
         .arg("-cert")
         .arg(dir.join("c.crt"))
         .arg("-key")
         .arg(dir.join("c.key"))
         .arg("-CAfile")
-        .arg(dir.join("ca.crt"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(request.as_bytes()).expect("request");
-    drop(stdin);
-    let out = child.wait_with_output().expect("openssl output");
+        .arg(dir.join("ca.crt"));
+    let out = output_with_input(&mut cmd, request.as_bytes());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +38,6 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/controller/cainjector"
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
 	"github.com/cert-manager/cert-manager/pkg/util"
-	utilfeature "github.com/cert-manager/cert-manager/pkg/util/feature"
 
 	"kube-mtls/e2e/cluster/cert-manager/internal/common"
 )
@@ -82,20 +80,11 @@ func parseFlags() (*options, error) {
 		"Support the cert-manager.io/inject-ca-from annotation (CA from a Certificate's Secret). Needs the Certificate CRD.")
 	fs.StringVar(&o.healthzAddress, "healthz-listen-address", "",
 		"If set (e.g. 127.0.0.1:9404), serve /healthz and /readyz there.")
-	utilfeature.DefaultMutableFeatureGate.AddFlag(fs)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			os.Exit(0)
-		}
+	if err := common.ParseFlags(fs); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	for _, k := range o.injectables {
-		if !slices.Contains(allInjectables, k) {
-			return nil, fmt.Errorf("unknown kind %q in --injectables (supported: %s)", k, strings.Join(allInjectables, ","))
-		}
+	if err := common.CheckSubset("injectables", "kind", o.injectables, allInjectables); err != nil {
+		return nil, err
 	}
 	return o, nil
 }

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -39,7 +38,6 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/controller/clusterissuers"
 	"github.com/cert-manager/cert-manager/pkg/controller/issuers"
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
-	utilfeature "github.com/cert-manager/cert-manager/pkg/util/feature"
 
 	// Issuer implementations used by the issuers/clusterissuers controllers
 	// (they register themselves in init). Only the kinds our tests use.
@@ -99,20 +97,11 @@ func parseFlags() (*options, error) {
 		"If set (e.g. 127.0.0.1:9403), serve /healthz (alive) and /readyz (informer caches synced) there.")
 	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 20, "Client QPS to the API server when API Priority and Fairness is off.")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 50, "Client burst to the API server when API Priority and Fairness is off.")
-	utilfeature.DefaultMutableFeatureGate.AddFlag(fs)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			os.Exit(0)
-		}
+	if err := common.ParseFlags(fs); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	for _, c := range o.controllers {
-		if !slices.Contains(supportedControllers, c) {
-			return nil, fmt.Errorf("unknown controller %q in --controllers (supported: %s)", c, strings.Join(supportedControllers, ","))
-		}
+	if err := common.CheckSubset("controllers", "controller", o.controllers, supportedControllers); err != nil {
+		return nil, err
 	}
 	return o, nil
 }

@@ -9,7 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -18,6 +21,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	logsapi "k8s.io/component-base/logs/api/v1"
+
+	utilfeature "github.com/cert-manager/cert-manager/pkg/util/feature"
 
 	logf "github.com/cert-manager/cert-manager/pkg/logs"
 	"github.com/cert-manager/cert-manager/pkg/util"
@@ -135,4 +140,30 @@ func WaitForAPI(ctx context.Context, log logr.Logger, cfg *rest.Config, timeout 
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// ParseFlags parses the command line into fs (the feature-gate flag added),
+// exits 0 for --help, and refuses positional arguments.
+func ParseFlags(fs *pflag.FlagSet) error {
+	utilfeature.DefaultMutableFeatureGate.AddFlag(fs)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			os.Exit(0)
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	return nil
+}
+
+// CheckSubset refuses any item of got that is not in supported, naming the flag.
+func CheckSubset(flag, what string, got, supported []string) error {
+	for _, item := range got {
+		if !slices.Contains(supported, item) {
+			return fmt.Errorf("unknown %s %q in --%s (supported: %s)", what, item, flag, strings.Join(supported, ","))
+		}
+	}
+	return nil
 }
