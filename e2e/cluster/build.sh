@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds the real control-plane binaries the e2e cluster test runs, from
-# published Go modules pinned (with committed go.sum) under e2e/cluster/go/:
+# Builds the real control-plane and node binaries the e2e cluster test runs,
+# from published Go modules pinned (with committed go.sum) under e2e/cluster/go/:
 #   etcd                     go/etcd        go.etcd.io/etcd/server/v3
 #   kube-apiserver,          go/kubernetes  k8s.io/kubernetes
 #   kube-controller-manager,
-#   kubectl
+#   kubectl, kube-scheduler,
+#   kubelet, kube-proxy
+#   coredns                  go/coredns     our main over github.com/coredns/coredns
 #   cert-manager-controller, go/cert-manager  our own mains over
 #   cert-manager-cainjector                   github.com/cert-manager/cert-manager
 # and copies cert-manager's CRDs (plain YAML, deploy/crds of the same module).
 #
 # Output: $KUBE_MTLS_CLUSTER_BIN (default <repo>/target/cluster/bin) holds the
-# six binaries; the CRDs go to $KUBE_MTLS_CLUSTER_BIN/cert-manager-crds/.
+# binaries; the CRDs go to $KUBE_MTLS_CLUSTER_BIN/cert-manager-crds/.
 # A binary is rebuilt only when it is older than its module's go.mod, go.sum,
 # .go files or this script, so a second run takes seconds. Modules are built
 # with -mod=readonly: a stale go.sum fails the build instead of being fixed up.
@@ -96,9 +98,12 @@ k8s_ldflags="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	k8s_ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
 done
-for cmd in kube-apiserver kube-controller-manager kubectl; do
+for cmd in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy; do
 	build "$cmd" "$k8s_mod" "k8s.io/kubernetes/cmd/$cmd" -ldflags "$k8s_ldflags"
 done
+
+# --- CoreDNS: the cluster DNS, with only the plugins it needs -----------------
+build coredns "$gomods/coredns" . -ldflags "-s -w"
 
 # --- cert-manager ------------------------------------------------------------
 cm_mod="$gomods/cert-manager"

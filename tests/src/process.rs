@@ -6,12 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; the probe socket is closed).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768 and up), so no outgoing connection can take it between this check
+/// and the moment a test's server binds it. Each process walks its own
+/// sequence; a port that does not bind is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = 20000 + (n % 12000) as u16;
+        // Each probe socket is closed before the next is tried.
+        let loopback = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if loopback && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.

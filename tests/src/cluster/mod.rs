@@ -11,6 +11,7 @@
 //! `target/cluster/logs/<run>/` for the test report.
 
 mod compare;
+mod node;
 mod pki;
 mod workload;
 
@@ -22,10 +23,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use compare::contained_in;
+pub use node::{DNS_IP, NODE_NAME, POD_CIDR};
 pub use pki::Pki;
 pub use workload::Workload;
 
-use crate::certs::Leaf;
+use crate::certs::{Leaf, TestCa};
 use crate::process::{output_with_input, wait_until};
 
 /// The control plane's address inside its namespace (a veth end).
@@ -95,6 +97,13 @@ pub struct Cluster {
     /// The admin's kubeconfig (group `system:masters`).
     pub kubeconfig: PathBuf,
     pub pki: Pki,
+    /// Signs component certificates (the node's among them).
+    ca: TestCa,
+    /// The kubelet's cgroup root under every hierarchy, once a node runs.
+    cgroup: Option<String>,
+    /// Network namespaces that existed before containerd started; the ones
+    /// its CNI made for pods are removed with the cluster.
+    netns_before: Option<Vec<String>>,
     procs: Vec<Started>,
     _tmp: tempfile::TempDir,
 }
@@ -154,6 +163,9 @@ impl Cluster {
             logs,
             kubeconfig,
             pki,
+            ca,
+            cgroup: None,
+            netns_before: None,
             procs: Vec::new(),
             _tmp: tmp,
         };
@@ -185,10 +197,8 @@ impl Cluster {
     /// namespace, its output in `<name>.log`.
     pub fn spawn(&mut self, name: &str, binary: &Path, args: &[String], env: &[(String, String)]) {
         let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(binary)
-            .args(args)
+        let mut cmd = self.command(binary);
+        cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -246,10 +256,14 @@ impl Cluster {
         out
     }
 
-    /// A command run inside the cluster's namespace.
+    /// A command run inside the cluster's network namespace. Only the
+    /// network namespace changes (`nsenter --net`, not `ip netns exec`, which
+    /// remounts /sys and would hide the cgroup mounts the kubelet needs).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns]).arg(program);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -355,7 +369,11 @@ impl Cluster {
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--authorization-mode=RBAC".to_owned(),
+            "--authorization-mode=Node,RBAC".to_owned(),
+            "--enable-admission-plugins=NodeRestriction".to_owned(),
+            format!("--kubelet-client-certificate={}", p("admin.crt")),
+            format!("--kubelet-client-key={}", p("admin.key")),
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
         ];
@@ -374,7 +392,26 @@ impl Cluster {
         let p = |f: &str| self.pki.path(f).display().to_string();
         let args = vec![
             format!("--kubeconfig={}", self.dir.join("kcm.kubeconfig").display()),
-            "--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,deployment-controller,replicaset-controller,root-ca-certificate-publisher-controller".to_owned(),
+            // What the tests use: namespaces and service accounts, owners and
+            // garbage, Deployments, Jobs, Services' EndpointSlices, the node's
+            // taints and PodDisruptionBudgets.
+            format!(
+                "--controllers={}",
+                [
+                    "namespace-controller",
+                    "serviceaccount-controller",
+                    "serviceaccount-token-controller",
+                    "garbage-collector-controller",
+                    "deployment-controller",
+                    "replicaset-controller",
+                    "job-controller",
+                    "endpointslice-controller",
+                    "node-lifecycle-controller",
+                    "disruption-controller",
+                    "root-ca-certificate-publisher-controller",
+                ]
+                .join(",")
+            ),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             // Each controller acts as its own service account, with the
@@ -537,11 +574,75 @@ pub fn write_kubeconfig(path: &Path, ca_pem: &str, user: User) {
     std::fs::write(path, config.to_string()).expect("write kubeconfig");
 }
 
+/// Whether `o` has condition `kind` with status True.
+pub fn has_condition(o: &Value, kind: &str) -> bool {
+    o["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    })
+}
+
+impl Cluster {
+    /// Unmounts what containerd and the kubelet mounted under the cluster's
+    /// directory and removes the kubelet's cgroups.
+    fn clean_node(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").args(["-l", m]).output();
+        }
+        if let Some(before) = self.netns_before.take() {
+            for ns in netns_names() {
+                if ns.starts_with("cni-") && !before.contains(&ns) {
+                    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+                }
+            }
+        }
+        if let Some(name) = self.cgroup.take() {
+            for h in node::cgroup_hierarchies() {
+                remove_cgroup(&h.join(&name));
+            }
+        }
+    }
+}
+
+/// The names of the network namespaces in /var/run/netns.
+pub(crate) fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a cgroup and its children, deepest first (cgroups go with rmdir).
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.procs.iter().any(|p| p.name == "containerd") {
+            self.stop_containers();
+        }
         while let Some(mut p) = self.procs.pop() {
             terminate(&mut p.child);
         }
+        self.clean_node();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
