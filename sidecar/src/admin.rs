@@ -42,7 +42,7 @@ impl Admin {
             return Err("listeners not up");
         }
         if !self.shared.tls.current().valid_now() {
-            return Err("certificate not valid now");
+            return Err("a certificate in the served chain (tls.crt) is not valid now");
         }
         Ok(())
     }

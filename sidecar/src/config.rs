@@ -72,9 +72,24 @@ pub struct Args {
     #[arg(long, env = "KUBE_MTLS_OUTBOUND_TCP_PORTS", default_value = "")]
     pub outbound_tcp_ports: String,
 
-    /// Cap on concurrently open client connections; further ones are closed at once.
+    /// Cap on concurrently open client connections that completed the mTLS
+    /// handshake; further ones are closed at once.
     #[arg(long, env = "KUBE_MTLS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// Cap on mTLS handshakes in progress, kept apart from --max-connections so
+    /// that peers who never finish a handshake cannot take authenticated
+    /// callers' places; further connections are closed at once.
+    #[arg(long, env = "KUBE_MTLS_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+
+    /// Cap on mTLS handshakes in progress from one source IP address.
+    #[arg(
+        long,
+        env = "KUBE_MTLS_MAX_HANDSHAKES_PER_SOURCE",
+        default_value_t = 64
+    )]
+    pub max_handshakes_per_source: usize,
 
     /// Time allowed for a TLS handshake.
     #[arg(long, env = "KUBE_MTLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -87,6 +102,11 @@ pub struct Args {
     /// A connection with no traffic for this long is closed.
     #[arg(long, env = "KUBE_MTLS_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// How long the app may take to send a response's headers before the
+    /// caller gets 504; `off` (the default) waits as long as the caller does.
+    #[arg(long, env = "KUBE_MTLS_UPSTREAM_TIMEOUT", default_value = "off", value_parser = parse_optional_duration)]
+    pub upstream_timeout: Duration,
 
     /// After SIGTERM, in-flight work gets this long before the process exits.
     #[arg(long, env = "KUBE_MTLS_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
@@ -218,9 +238,13 @@ pub struct Config {
     pub app_probes: BTreeMap<String, ProbeTarget>,
     pub outbound_tcp_ports: HashSet<u16>,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_source: usize,
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `None`: no limit on the wait for the app's response headers.
+    pub upstream_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub max_header_size: usize,
     pub workers: usize,
@@ -332,6 +356,7 @@ impl Config {
                 "give a positive number",
             ));
         }
+        check_handshake_limits(args)?;
         if args.max_header_size < 1024 {
             return Err(invalid(
                 "max-header-size",
@@ -365,9 +390,12 @@ impl Config {
             app_probes,
             outbound_tcp_ports,
             max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+            max_handshakes_per_source: args.max_handshakes_per_source,
             handshake_timeout: args.handshake_timeout,
             header_read_timeout: args.header_read_timeout,
             idle_timeout: args.idle_timeout,
+            upstream_timeout: (!args.upstream_timeout.is_zero()).then_some(args.upstream_timeout),
             drain_timeout: args.drain_timeout,
             max_header_size: args.max_header_size,
             workers: args.workers,
@@ -496,6 +524,26 @@ fn parse_probes(value: &str) -> Result<BTreeMap<String, ProbeTarget>, ConfigErro
     Ok(probes)
 }
 
+fn check_handshake_limits(args: &Args) -> Result<(), ConfigError> {
+    if args.max_handshakes == 0 {
+        return Err(invalid(
+            "max-handshakes",
+            "KUBE_MTLS_MAX_HANDSHAKES",
+            "0 would refuse every connection",
+            "give a positive number, e.g. 1024",
+        ));
+    }
+    if args.max_handshakes_per_source == 0 {
+        return Err(invalid(
+            "max-handshakes-per-source",
+            "KUBE_MTLS_MAX_HANDSHAKES_PER_SOURCE",
+            "0 would refuse every connection",
+            "give a positive number, e.g. 64",
+        ));
+    }
+    Ok(())
+}
+
 fn check_cert_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
     for name in ["tls.crt", "tls.key", "ca.crt"] {
         let path = dir.join(name);
@@ -531,6 +579,14 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// As [`parse_duration`], but `off` (or `0`) means no limit, returned as zero.
+pub fn parse_optional_duration(value: &str) -> Result<Duration, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(value).map_err(|e| format!("{e}, or off"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +605,28 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_optional_duration("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_optional_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_optional_duration("never").is_err());
+    }
+
+    #[test]
+    fn upstream_timeout_is_off_by_default() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in ["tls.crt", "tls.key", "ca.crt"] {
+            std::fs::write(dir.path().join(name), "").expect("write");
+        }
+        let d = dir.path().to_str().expect("utf-8 path");
+        let cfg = |extra: &[&str]| {
+            let mut v = vec!["kube-mtls-sidecar", "--cert-dir", d];
+            v.extend_from_slice(extra);
+            Config::from_args(&Args::parse_from(v)).expect("valid settings")
+        };
+        assert_eq!(cfg(&[]).upstream_timeout, None);
+        assert_eq!(
+            cfg(&["--upstream-timeout", "3s"]).upstream_timeout,
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The client controls every header it sends, so anything that claims to say who
 //! the client is (XFCC, X-Forwarded-*, X-Real-IP, Forwarded) is removed before the
-//! request reaches the app and replaced with what the sidecar itself saw. The
-//! caller's XFCC value is built once per connection, since the certificate cannot
+//! request reaches the app and replaced with what the sidecar itself saw. That
+//! includes spellings with underscores (`X_Forwarded_Client_Cert`), which
+//! CGI/WSGI-style servers read as the same header. The caller's XFCC value is built once per connection, since the certificate cannot
 //! change within it.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -110,14 +111,67 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The identity-bearing headers the sidecar owns: whatever the client sends
+/// under these names (or their underscore spellings) never reaches the app.
+fn owned() -> [&'static HeaderName; 7] {
+    [
+        &XFCC,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PORT,
+        &X_REAL_IP,
+        &FORWARDED,
+    ]
+}
+
+/// True for a name with an underscore that reads as an owned header once
+/// underscores are taken for dashes, as CGI and WSGI do.
+fn underscore_spelling_of_owned(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_')
+        && owned().iter().any(|o| {
+            o.as_str().len() == name.len()
+                && o.as_str()
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
+
 /// Replaces every identity-bearing header the client sent with what the sidecar knows.
 pub fn set_forwarding(headers: &mut HeaderMap, xfcc: &HeaderValue, client_ip: &HeaderValue) {
-    for name in [&X_FORWARDED_HOST, &X_FORWARDED_PORT, &X_REAL_IP, &FORWARDED] {
+    for name in owned() {
+        headers.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| underscore_spelling_of_owned(n))
+        .cloned()
+        .collect();
+    for name in spoofed {
         headers.remove(name);
     }
     headers.insert(XFCC.clone(), xfcc.clone());
     headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2):
+/// every field's name and value plus 32 bytes, pseudo-header fields included.
+pub fn list_size(req: &http::Request<impl Sized>) -> usize {
+    const OVERHEAD: usize = 32;
+    let pseudo = [
+        ":method".len() + req.method().as_str().len(),
+        ":path".len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()),
+        ":scheme".len() + req.uri().scheme_str().map_or(0, str::len),
+        ":authority".len() + req.uri().authority().map_or(0, |a| a.as_str().len()),
+    ];
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + OVERHEAD);
+    pseudo.iter().map(|p| p + OVERHEAD).chain(fields).sum()
 }
 
 #[cfg(test)]
@@ -179,5 +233,32 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
         assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn underscore_spellings_of_owned_headers_go() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_forwarded_client_cert",
+            "x-forwarded_for",
+            "x_real_ip",
+            "x_forwarded_proto",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert("x_app_mode", HeaderValue::from_static("kept"));
+        h.insert("x_forwarded_client_certs", HeaderValue::from_static("kept"));
+        set_forwarding(
+            &mut h,
+            &HeaderValue::from_static("By=real"),
+            &HeaderValue::from_static("10.0.0.9"),
+        );
+        assert!(h.values().all(|v| v != "evil"), "{h:?}");
+        assert_eq!(h.get("x_app_mode").unwrap(), "kept");
+        assert_eq!(h.get("x_forwarded_client_certs").unwrap(), "kept");
+        assert_eq!(h.get("x-forwarded-client-cert").unwrap(), "By=real");
     }
 }

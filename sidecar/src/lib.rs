@@ -8,13 +8,17 @@
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
 //! - [`headers`]: XFCC and the headers a client may not forge.
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
-//! - [`metrics`], [`io`] (idle timeout), [`server`] (start-up and drain).
+//! - [`limits`]: handshakes in progress, overall and per client address.
+//! - [`body`]: request and response bodies as the proxy passes them on.
+//! - [`metrics`], [`io`] (idle timeout, lingering close), [`server`] (start-up and drain).
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod headers;
 pub mod identity;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;

@@ -37,11 +37,13 @@ pub enum Refusal {
     HandshakeTimeout,
     NotAllowed,
     ConnectionLimit,
+    HandshakeLimit,
+    SourceHandshakeLimit,
     NotRedirected,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::NoClientCert,
         Refusal::UntrustedCert,
         Refusal::ExpiredCert,
@@ -51,6 +53,8 @@ impl Refusal {
         Refusal::HandshakeTimeout,
         Refusal::NotAllowed,
         Refusal::ConnectionLimit,
+        Refusal::HandshakeLimit,
+        Refusal::SourceHandshakeLimit,
         Refusal::NotRedirected,
     ];
 
@@ -65,9 +69,64 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::NotAllowed => "identity_not_allowed",
             Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HandshakeLimit => "handshake_limit",
+            Refusal::SourceHandshakeLimit => "source_handshake_limit",
             Refusal::NotRedirected => "not_redirected",
         }
     }
+}
+
+/// A request the client got wrong: answered 400, and never the app's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request body's framing is broken (e.g. a bad chunk size).
+    MalformedBody,
+    /// The client stopped sending the body part-way (reset or disconnect).
+    AbortedBody,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 2] = [ClientError::MalformedBody, ClientError::AbortedBody];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientError::MalformedBody => "malformed_body",
+            ClientError::AbortedBody => "aborted_body",
+        }
+    }
+}
+
+/// The counters for requests that did not go through: the app too slow
+/// (`upstream_timeouts`), or the client at fault (`client_errors`).
+fn register_request_outcomes(registry: &mut Registry) -> (Counter, Vec<Counter>) {
+    let timeouts = Family::<Direction, Counter>::default();
+    registry.register(
+            "upstream_timeouts",
+            "Requests answered 504 because the app sent no response headers within --upstream-timeout (also counted in upstream_errors)",
+            timeouts.clone(),
+        );
+    let upstream_timeouts = timeouts
+        .get_or_create(&Direction {
+            direction: "inbound".into(),
+        })
+        .clone();
+    let client_family = Family::<Reason, Counter>::default();
+    registry.register(
+        "client_errors",
+        "Requests the client got wrong, answered 400 without counting against the app, by reason",
+        client_family.clone(),
+    );
+    let client_errors = ClientError::ALL
+        .iter()
+        .map(|r| {
+            client_family
+                .get_or_create(&Reason {
+                    reason: r.as_str().into(),
+                })
+                .clone()
+        })
+        .collect();
+    (upstream_timeouts, client_errors)
 }
 
 /// Every metric the sidecar exports.
@@ -80,6 +139,8 @@ pub struct Metrics {
     refusals: Vec<Counter>,
     pub upstream_errors: Counter,
     pub outbound_errors: Counter,
+    pub upstream_timeouts: Counter,
+    client_errors: Vec<Counter>,
     pub cert_expiry: Gauge,
     pub cert_reload_ok: Counter,
     pub cert_reload_refused: Counter,
@@ -151,10 +212,11 @@ impl Metrics {
                 direction: "outbound".into(),
             })
             .clone();
+        let (upstream_timeouts, client_errors) = register_request_outcomes(&mut registry);
         let cert_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
-            "not_after of the serving certificate, seconds since the epoch",
+            "When the served chain (tls.crt) stops being valid: the earliest not_after of its certificates, seconds since the epoch",
             cert_expiry.clone(),
         );
         let reloads = Family::<Result_, Counter>::default();
@@ -182,6 +244,8 @@ impl Metrics {
             refusals,
             upstream_errors,
             outbound_errors,
+            upstream_timeouts,
+            client_errors,
             cert_expiry,
             cert_reload_ok,
             cert_reload_refused,
@@ -191,6 +255,12 @@ impl Metrics {
     pub fn refused(&self, reason: Refusal) {
         if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
             self.refusals[i].inc();
+        }
+    }
+
+    pub fn client_error(&self, kind: ClientError) {
+        if let Some(i) = ClientError::ALL.iter().position(|k| *k == kind) {
+            self.client_errors[i].inc();
         }
     }
 

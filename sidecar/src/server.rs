@@ -76,6 +76,10 @@ pub async fn run(
         metrics: metrics.clone(),
         upstream: Upstream::new(),
         slots: Arc::new(Semaphore::new(cfg.max_connections)),
+        handshakes: crate::limits::HandshakeGate::new(
+            cfg.max_handshakes,
+            cfg.max_handshakes_per_source,
+        ),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         draining: AtomicBool::new(false),

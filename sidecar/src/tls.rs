@@ -49,15 +49,18 @@ pub struct TlsState {
     pub client_tcp: Arc<ClientConfig>,
     /// Our own identity, for the `By` field of XFCC.
     pub own: PeerIdentity,
-    /// `not_after` of our certificate, seconds since the epoch.
+    /// When the served chain (every certificate in tls.crt, not just the
+    /// leaf) stops being valid: the earliest `not_after`, seconds since the epoch.
     pub not_after: i64,
+    /// When the whole served chain is valid from: the latest `not_before`.
     pub not_before: i64,
     /// Digest of the three files, to skip reloading identical content.
     digest: [u8; 32],
 }
 
 impl TlsState {
-    /// True while our certificate is inside its validity window.
+    /// True while every certificate we serve is inside its validity window:
+    /// one expired intermediate fails every client's verification.
     pub fn valid_now(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -134,10 +137,8 @@ pub fn load(dir: &Path, trust_domain: &str) -> Result<TlsState, TlsError> {
         })?;
     drop(certified);
 
-    let (_, leaf) = X509Certificate::from_der(&chain[0])
-        .map_err(|e| parse_err(&crt_path, format!("certificate does not parse: {e}")))?;
-    let not_after = leaf.validity().not_after.timestamp();
-    let not_before = leaf.validity().not_before.timestamp();
+    let (not_before, not_after) =
+        chain_validity(&chain).map_err(|problem| parse_err(&crt_path, problem))?;
     let own = PeerIdentity::from_der(&chain[0]).map_err(|e| parse_err(&crt_path, e))?;
 
     let roots = Arc::new(roots);
@@ -189,6 +190,19 @@ pub fn load(dir: &Path, trust_domain: &str) -> Result<TlsState, TlsError> {
         not_before,
         digest,
     })
+}
+
+/// The window in which every certificate of a chain is valid: (latest
+/// `not_before`, earliest `not_after`), seconds since the epoch.
+fn chain_validity(chain: &[CertificateDer<'_>]) -> Result<(i64, i64), String> {
+    let mut window = (i64::MIN, i64::MAX);
+    for (i, der) in chain.iter().enumerate() {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("certificate {} of the chain does not parse: {e}", i + 1))?;
+        window.0 = window.0.max(cert.validity().not_before.timestamp());
+        window.1 = window.1.min(cert.validity().not_after.timestamp());
+    }
+    Ok(window)
 }
 
 /// The current certificate set, shared by every listener.
@@ -284,6 +298,13 @@ pub async fn watch(store: Arc<TlsStore>, metrics: Arc<crate::metrics::Metrics>) 
                 metrics.cert_reload_ok.inc();
                 metrics.cert_expiry.set(state.not_after);
                 tracing::info!(identity = %state.own.display_name(), not_after = state.not_after, "certificate reloaded");
+                if !state.valid_now() {
+                    tracing::warn!(
+                        not_before = state.not_before,
+                        not_after = state.not_after,
+                        "the reloaded chain (tls.crt) is not valid now: clients cannot verify it, and /ready answers 503"
+                    );
+                }
             }
             Err(e) => {
                 metrics.cert_reload_refused.inc();

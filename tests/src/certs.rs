@@ -142,26 +142,58 @@ fn make_readable(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A test certificate authority.
+/// A test certificate authority: a root, or an intermediate under one.
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
+    /// This CA's own certificate.
     pub cert_pem: String,
+    /// Certificates from this CA up to (not including) the root, this CA's
+    /// first; appended to every leaf's `cert_pem`. Empty for a root.
+    chain_pem: String,
+    /// The root at the top of the chain: what `Issued::ca_pem` holds.
+    root_pem: String,
+}
+
+fn ca_params(name: &str, validity: Validity) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    (params.not_before, params.not_after) = match validity {
+        Validity::Current => (date_time_ymd(2024, 1, 1), date_time_ymd(2095, 1, 1)),
+        Validity::Expired => (date_time_ymd(2020, 1, 1), date_time_ymd(2021, 1, 1)),
+        Validity::NotYetValid => (date_time_ymd(2090, 1, 1), date_time_ymd(2095, 1, 1)),
+    };
+    params
 }
 
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = date_time_ymd(2024, 1, 1);
-        params.not_after = date_time_ymd(2095, 1, 1);
+        let params = ca_params(name, Validity::Current);
         let cert = params.self_signed(&key).expect("self-sign CA");
         TestCa {
             cert_pem: cert.pem(),
+            chain_pem: String::new(),
+            root_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// An intermediate CA signed by this one. Leaves it issues carry the chain
+    /// up to the root in `cert_pem` (leaf first), and the root as `ca_pem`.
+    pub fn intermediate(&self, name: &str, validity: Validity) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate CA key");
+        let params = ca_params(name, validity);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign intermediate CA");
+        TestCa {
+            cert_pem: cert.pem(),
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            root_pem: self.root_pem.clone(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -208,9 +240,9 @@ impl TestCa {
         };
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Issued {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             key_pem: key.serialize_pem(),
-            ca_pem: self.cert_pem.clone(),
+            ca_pem: self.root_pem.clone(),
         }
     }
 }

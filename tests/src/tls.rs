@@ -1,6 +1,6 @@
 //! A test client that speaks mTLS with rustls and HTTP with hyper.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::certs::Issued;
@@ -48,6 +48,27 @@ pub async fn connect(
     cfg: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
+    tls_over(tcp, cfg).await
+}
+
+/// As [`connect`], from a chosen source address (e.g. 127.0.0.2, to look
+/// like a second client host on loopback).
+pub async fn connect_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(addr).await?;
+    tls_over(tcp, cfg).await
+}
+
+async fn tls_over(tcp: TcpStream, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from("localhost").expect("server name");
     tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
@@ -71,7 +92,11 @@ pub enum HttpConn {
 
 impl HttpConn {
     pub async fn open(addr: SocketAddr, cfg: Arc<ClientConfig>) -> anyhow::Result<HttpConn> {
-        let tls = connect(addr, cfg).await?;
+        HttpConn::over(connect(addr, cfg).await?).await
+    }
+
+    /// Speaks HTTP on an established TLS connection.
+    pub async fn over(tls: TlsStream<TcpStream>) -> anyhow::Result<HttpConn> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {

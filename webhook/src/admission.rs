@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::annotations::{self, Defaults, INJECT, Rejection, Resolved};
 use crate::certificate::{DesiredCertificate, ensure_certificate};
+use crate::checks;
 use crate::cluster::ClusterView;
 use crate::events::Recorder;
 use crate::metrics::Metrics;
@@ -89,10 +90,14 @@ pub fn decide(
     if patch::already_injected(pod) {
         return Decision::Skip(Skip::AlreadyInjected);
     }
+    if let Err(r) = checks::proxy_uid(pod) {
+        return Decision::Reject(r);
+    }
     match annotations::resolve(pod, namespace, view, defaults) {
         Ok((resolved, mut warnings)) => {
             let mut injection = patch::inject(pod, &resolved);
             warnings.append(&mut injection.warnings);
+            warnings.extend(checks::soft_gaps(pod, &resolved));
             injection.warnings = warnings;
             Decision::Inject(Box::new((injection, resolved)))
         }
@@ -253,5 +258,164 @@ impl Admission {
         if let Some(rec) = &self.events {
             rec.publish_on_owner(pod, ns, reason, note).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::IssuerRef;
+
+    fn defaults(native: bool) -> Defaults {
+        Defaults {
+            sidecar_image: "sidecar:test".into(),
+            trust_domain: "cluster.local".into(),
+            issuer: IssuerRef {
+                kind: "ClusterIssuer".into(),
+                name: "ca".into(),
+            },
+            cert_duration: "24h".into(),
+            cert_renew_before: "8h".into(),
+            native_sidecar: native,
+        }
+    }
+
+    fn pod(annotations: Value, spec: Value) -> Value {
+        let mut annotations = annotations;
+        annotations[INJECT] = json!("enabled");
+        json!({"metadata": {"name": "p", "annotations": annotations}, "spec": spec})
+    }
+
+    fn decide_on(pod: &Value, native: bool) -> Decision {
+        decide(
+            pod,
+            "shop",
+            "kube-mtls",
+            &ClusterView::empty(),
+            &defaults(native),
+        )
+    }
+
+    fn warnings(d: Decision) -> Vec<String> {
+        match d {
+            Decision::Inject(b) => b.0.warnings,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    fn app(extra: Value) -> Value {
+        let mut c = json!({"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        c
+    }
+
+    #[test]
+    fn the_proxy_uid_is_rejected_on_the_pod_and_on_any_container() {
+        let as_proxy = json!({"runAsUser": 15337});
+        let pods = [
+            pod(
+                json!({}),
+                json!({"securityContext": as_proxy, "containers": [app(json!({}))]}),
+            ),
+            pod(
+                json!({}),
+                json!({"containers": [app(json!({"securityContext": as_proxy}))]}),
+            ),
+            pod(
+                json!({}),
+                json!({"initContainers": [{"name": "setup", "image": "x", "securityContext": as_proxy}], "containers": [app(json!({}))]}),
+            ),
+        ];
+        for (i, p) in pods.iter().enumerate() {
+            match decide_on(p, true) {
+                Decision::Reject(r) => {
+                    let msg = r.to_string();
+                    assert!(
+                        msg.contains("15337") && msg.contains("runAsUser") && msg.contains("Fix:"),
+                        "{i}: {msg}"
+                    );
+                }
+                other => panic!("pod {i} was not rejected: {other:?}"),
+            }
+        }
+        let other_uid = pod(
+            json!({}),
+            json!({"securityContext": {"runAsUser": 1000}, "containers": [app(json!({}))]}),
+        );
+        assert!(matches!(decide_on(&other_uid, true), Decision::Inject(_)));
+    }
+
+    #[test]
+    fn a_lone_sidecar_resource_annotation_gives_a_pod_the_api_server_accepts() {
+        let p = pod(
+            json!({"kube-mtls.io/sidecar-memory-request": "128Mi"}),
+            json!({"containers": [app(json!({}))]}),
+        );
+        let Decision::Inject(b) = decide_on(&p, true) else {
+            panic!("not injected")
+        };
+        let (injection, resolved) = *b;
+        assert_eq!(resolved.resources["limits"]["memory"], "128Mi");
+        assert!(
+            injection
+                .warnings
+                .iter()
+                .any(|w| w.contains("sidecar-memory-limit")),
+            "{:?}",
+            injection.warnings
+        );
+        let both = pod(
+            json!({"kube-mtls.io/sidecar-cpu-request": "200m", "kube-mtls.io/sidecar-cpu-limit": "100m"}),
+            json!({"containers": [app(json!({}))]}),
+        );
+        assert!(matches!(decide_on(&both, true), Decision::Reject(_)));
+    }
+
+    #[test]
+    fn grpc_ports_outside_h2_ports_are_warned_about() {
+        let grpc = app(
+            json!({"ports": [{"name": "grpc", "containerPort": 9000}, {"containerPort": 9001, "appProtocol": "kubernetes.io/h2c"}, {"containerPort": 9002}],
+            "readinessProbe": {"grpc": {"port": 9002}}}),
+        );
+        let w = warnings(decide_on(
+            &pod(json!({}), json!({"containers": [grpc.clone()]})),
+            true,
+        ));
+        for port in ["9000", "9001", "9002"] {
+            assert!(
+                w.iter()
+                    .any(|w| w.contains(&format!("port {port} "))
+                        && w.contains("kube-mtls.io/h2-ports")),
+                "port {port}: {w:?}"
+            );
+        }
+        let declared = pod(
+            json!({"kube-mtls.io/h2-ports": "9000,9001,9002"}),
+            json!({"containers": [grpc]}),
+        );
+        assert_eq!(warnings(decide_on(&declared, true)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn init_containers_before_a_regular_sidecar_with_outbound_capture_are_warned_about() {
+        let spec = json!({"initContainers": [{"name": "migrate", "image": "x"}], "containers": [app(json!({}))]});
+        let outbound = json!({"kube-mtls.io/outbound-ports": "5432"});
+        let w = warnings(decide_on(&pod(outbound.clone(), spec.clone()), false));
+        assert!(
+            w.iter().any(|w| w.contains("migrate")
+                && w.contains("5432")
+                && w.contains("native-sidecar")),
+            "{w:?}"
+        );
+        assert_eq!(
+            warnings(decide_on(&pod(outbound, spec.clone()), true)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warnings(decide_on(&pod(json!({}), spec), false)),
+            Vec::<String>::new()
+        );
     }
 }

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cluster::ClusterView;
 use crate::names;
 use crate::profile::{IssuerRef, MtlsProfileSpec};
+use crate::resources;
 
 pub const PREFIX: &str = "kube-mtls.io/";
 pub const INJECT: &str = "kube-mtls.io/inject";
@@ -82,10 +83,26 @@ pub const DOCUMENTED: &[(&str, &str, &str)] = &[
         "an existing Secret (tls.crt, tls.key, ca.crt) to use; no Certificate is made",
         "`kube-mtls-<service account>-tls`",
     ),
-    ("sidecar-cpu-request", "sidecar CPU request", "`10m`"),
-    ("sidecar-memory-request", "sidecar memory request", "`16Mi`"),
-    ("sidecar-cpu-limit", "sidecar CPU limit", "none"),
-    ("sidecar-memory-limit", "sidecar memory limit", "`64Mi`"),
+    (
+        "sidecar-cpu-request",
+        "sidecar CPU request; set alone above the limit, it raises the limit (with a warning)",
+        "`10m`",
+    ),
+    (
+        "sidecar-memory-request",
+        "sidecar memory request; set alone above the limit, it raises the limit (with a warning)",
+        "`16Mi`",
+    ),
+    (
+        "sidecar-cpu-limit",
+        "sidecar CPU limit; set alone below the request, it lowers the request (with a warning); set with a larger request: rejected",
+        "none",
+    ),
+    (
+        "sidecar-memory-limit",
+        "sidecar memory limit; set alone below the request, it lowers the request (with a warning); set with a larger request: rejected",
+        "`64Mi`",
+    ),
     (
         "profile",
         "name of an `MtlsProfile` in the pod's namespace",
@@ -173,7 +190,7 @@ pub struct Rejection {
     pub fix: String,
 }
 
-fn reject(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Rejection {
+pub(crate) fn reject(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Rejection {
     Rejection {
         subject: format!("annotation {PREFIX}{name}"),
         problem: problem.into(),
@@ -189,7 +206,10 @@ pub fn annotations(pod: &Value) -> serde_json::Map<String, Value> {
         .unwrap_or_default()
 }
 
-fn annotation<'a>(ann: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(
+    ann: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Option<&'a str> {
     ann.get(&format!("{PREFIX}{name}"))
         .and_then(Value::as_str)
         .map(str::trim)
@@ -318,16 +338,6 @@ fn valid_spiffe_or_dns(item: &str) -> bool {
         && name
             .split('.')
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-}
-
-fn valid_quantity(q: &str) -> bool {
-    let digits_end = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(digits_end);
-    !num.is_empty()
-        && num.parse::<f64>().is_ok()
-        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
 }
 
 /// Reads the pod's annotations and profiles into the settings for its patch.
@@ -497,30 +507,8 @@ pub fn resolve(
         }
     }
 
-    let mut resources = match &profile.sidecar_resources {
-        Some(r) => serde_json::to_value(r).unwrap_or_else(|_| json!({})),
-        None => json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
-    };
-    for (name, section, key) in [
-        ("sidecar-cpu-request", "requests", "cpu"),
-        ("sidecar-memory-request", "requests", "memory"),
-        ("sidecar-cpu-limit", "limits", "cpu"),
-        ("sidecar-memory-limit", "limits", "memory"),
-    ] {
-        if let Some(q) = annotation(&ann, name) {
-            if !valid_quantity(q) {
-                return Err(reject(
-                    name,
-                    format!("{q:?} is not a resource quantity"),
-                    "write e.g. 50m for CPU or 64Mi for memory",
-                ));
-            }
-            if let Some(obj) = resources.as_object_mut() {
-                let entry = obj.entry(section).or_insert_with(|| json!({}));
-                entry[key] = json!(q);
-            }
-        }
-    }
+    let (resources, mut adjusted) = resources::sidecar(&ann, &profile, profile_name.as_deref())?;
+    warnings.append(&mut adjusted);
 
     let native_sidecar = match annotation(&ann, "native-sidecar") {
         None => defaults.native_sidecar,

@@ -8,12 +8,16 @@
 //! - [`controller`]: keeps those Certificates in line, removes orphans.
 //! - [`names`]: the naming rule (Certificate, Secret, SPIFFE ID) of an identity.
 //! - [`profile`]: the `MtlsProfile` CRD. [`cluster`]: profiles and namespaces from reflectors.
-//! - [`offline`]: `inject -f` for GitOps. [`server`]: HTTPS and health ports.
+//! - [`checks`]: what the pod's spec means for the injection (proxy UID, soft gaps).
+//! - [`resources`]: the sidecar's resource requests and limits, kept consistent.
+//! - [`offline`]: `inject -f` for GitOps, over [`yaml`] that reads and writes
+//!   values as kubectl does. [`server`]: HTTPS and health ports.
 //! - [`events`], [`metrics`].
 
 pub mod admission;
 pub mod annotations;
 pub mod certificate;
+pub mod checks;
 pub mod cluster;
 pub mod controller;
 pub mod events;
@@ -22,4 +26,6 @@ pub mod names;
 pub mod offline;
 pub mod patch;
 pub mod profile;
+pub mod resources;
 pub mod server;
+pub mod yaml;

@@ -1,3 +1,7 @@
+//! The `kube-mtls-webhook` binary: `serve` (the admission webhook and the
+//! Certificate controller), `inject` (offline injection for GitOps) and `crd`.
+//! Flags and their environment variables live here; the policy is in the library.
+
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,6 +108,11 @@ struct InjectArgs {
     /// Do not append the cert-manager Certificates for the identities.
     #[arg(long)]
     no_certificates: bool,
+    /// The namespace the output will be applied to, for documents without
+    /// metadata.namespace (like kubectl's -n): identities and Certificates
+    /// depend on it.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -180,7 +189,11 @@ fn main() -> anyhow::Result<()> {
                 input = std::fs::read_to_string(&args.file)
                     .with_context(|| format!("-f: cannot read {}", args.file))?;
             }
-            let (out, warnings) = offline::inject_yaml(&input, &defaults, !args.no_certificates)?;
+            let options = offline::Options {
+                certificates: !args.no_certificates,
+                namespace: args.namespace.clone(),
+            };
+            let (out, warnings) = offline::inject_yaml(&input, &defaults, &options)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }

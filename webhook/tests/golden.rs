@@ -37,6 +37,70 @@ fn docs(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The documents of a stream as written, cut at its `---` lines.
+fn text_documents(yaml: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in yaml.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            out.push(&yaml[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    out.push(&yaml[start..]);
+    out.retain(|d| !d.trim().is_empty());
+    out
+}
+
+/// `kube-mtls-webhook inject` with `args` on `input`: status, stdout, stderr.
+fn inject_args(input: &str, args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.yaml");
+    std::fs::write(&file, input).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-mtls-webhook"))
+        .args(["--log-format", "text", "inject"])
+        .args(args)
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("run kube-mtls-webhook inject");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every document as PyYAML (a YAML 1.1 reader, like kubectl) reads it.
+fn yaml_1_1_docs(yaml: &str) -> Vec<Value> {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML (pip install kubernetes-validate brings it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyYAML cannot read the output: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn inputs() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .unwrap()
@@ -47,7 +111,7 @@ fn inputs() -> Vec<PathBuf> {
         })
         .collect();
     v.sort();
-    assert!(v.len() >= 5, "golden inputs missing");
+    assert!(v.len() >= 7, "golden inputs missing");
     v
 }
 
@@ -262,11 +326,12 @@ fn every_output_validates_against_the_kubernetes_schema_in_strict_mode() {
     let dir = tempfile::tempdir().unwrap();
     for input in inputs() {
         let out = inject(&input);
-        // cert-manager's Certificate is a custom resource the validator cannot know.
-        let core: Vec<String> = docs(&out)
+        // cert-manager's Certificate is a custom resource the validator cannot
+        // know. The rest is validated as written: re-serialising it would
+        // hide how a YAML 1.1 reader (kubectl, PyYAML) takes its values.
+        let core: Vec<&str> = text_documents(&out)
             .into_iter()
-            .filter(|d| d["kind"] != "Certificate")
-            .map(|d| serde_yaml::to_string(&d).unwrap())
+            .filter(|d| !d.lines().any(|l| l == "kind: Certificate"))
             .collect();
         let file = dir.path().join(input.file_name().unwrap());
         std::fs::write(&file, core.join("---\n")).unwrap();
@@ -305,6 +370,168 @@ fn offline_rejections_name_the_annotation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("kube-mtls.io/tcp-ports") && err.contains("\"postgres\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn documents_not_opted_in_come_out_byte_for_byte_and_injected_values_keep_their_meaning() {
+    let input = std::fs::read_to_string(golden_dir().join("yaml11-values.yaml")).unwrap();
+    let (ok, out, err) = inject_args(&input, &[]);
+    assert!(ok, "{err}");
+    let untouched = &input[..input.find("---\n# The injected one.").unwrap()];
+    assert!(
+        out.starts_with(untouched),
+        "the document that is not opted in changed:\n{out}"
+    );
+    let docs = yaml_1_1_docs(&out);
+    let legacy = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(legacy["containers"][0]["env"][0]["value"], "yes");
+    assert_eq!(legacy["volumes"][0]["secret"]["defaultMode"], 256);
+    let billing = &docs[1]["spec"]["template"];
+    let env: Vec<&Value> = billing["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["value"])
+        .collect();
+    assert_eq!(
+        env,
+        ["yes", "on", "0400", "1e3", "12:30", "set -e\necho ready\n"],
+        "string values stay strings for a YAML 1.1 reader"
+    );
+    assert_eq!(
+        billing["spec"]["volumes"][0]["secret"]["defaultMode"], 256,
+        "0400 is octal, as kubectl reads it"
+    );
+    assert_eq!(
+        billing["spec"]["containers"][0]["volumeMounts"][0]["readOnly"],
+        true
+    );
+    assert_eq!(billing["metadata"]["labels"]["on"], "yes");
+    assert_eq!(
+        billing["spec"]["initContainers"][1]["name"], "kube-mtls-sidecar",
+        "injected"
+    );
+}
+
+const NO_NAMESPACE: &str = "# no namespace here
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders
+  annotations:
+    kube-mtls.io/inject: enabled
+spec:
+  serviceAccountName: orders
+  containers:
+  - name: app
+    image: example/orders:1
+    ports:
+    - {name: http, containerPort: 8080}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: not-a-workload
+";
+
+#[test]
+fn a_document_without_a_namespace_takes_it_from_dash_n_and_is_refused_without() {
+    let (ok, out, err) = inject_args(NO_NAMESPACE, &[]);
+    assert!(!ok, "injected without knowing the namespace:\n{out}");
+    assert!(
+        err.contains("-n/--namespace")
+            && err.contains("metadata.namespace")
+            && err.contains("Pod orders")
+            && err.contains("Fix:"),
+        "{err}"
+    );
+
+    let (ok, out, err) = inject_args(NO_NAMESPACE, &["-n", "shop"]);
+    assert!(ok, "{err}");
+    let docs = docs(&out);
+    assert!(
+        docs[0].pointer("/metadata/namespace").is_none(),
+        "the workload still follows kubectl's -n"
+    );
+    let cert = docs.iter().find(|d| d["kind"] == "Certificate").unwrap();
+    assert_eq!(cert["metadata"]["namespace"], "shop");
+    assert_eq!(
+        cert["spec"]["uris"][0],
+        "spiffe://cluster.local/ns/shop/sa/orders"
+    );
+    assert!(
+        err.contains("warning:") && err.contains("apply it with -n shop"),
+        "{err}"
+    );
+
+    let elsewhere = NO_NAMESPACE.replace("  name: orders\n", "  name: orders\n  namespace: web\n");
+    let (ok, _, err) = inject_args(&elsewhere, &["--namespace", "shop"]);
+    assert!(
+        !ok && err.contains("differs from -n/--namespace shop"),
+        "{err}"
+    );
+
+    let not_opted_in = NO_NAMESPACE.replace("enabled", "disabled");
+    let (ok, out, err) = inject_args(&not_opted_in, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out, not_opted_in, "nothing to inject, nothing asked");
+}
+
+#[test]
+fn opted_in_workloads_inside_a_list_are_injected() {
+    let out = docs(&inject(&golden_dir().join("list.yaml")));
+    assert_eq!(out[0]["kind"], "List");
+    assert_eq!(out[0]["items"][0]["data"]["enabled"], "true");
+    let spec = &out[0]["items"][1]["spec"]["template"]["spec"];
+    assert_eq!(
+        names(spec.get("initContainers")),
+        vec!["kube-mtls-init", "kube-mtls-sidecar"]
+    );
+    let cert = out
+        .iter()
+        .find(|d| d["kind"] == "Certificate")
+        .expect("the list item's Certificate is appended");
+    assert_eq!(
+        cert["spec"]["uris"][0],
+        "spiffe://cluster.local/ns/shop/sa/orders"
+    );
+}
+
+#[test]
+fn admission_warnings_are_printed_by_offline_inject() {
+    let pod = "apiVersion: v1
+kind: Pod
+metadata:
+  name: payments
+  namespace: shop
+  annotations:
+    kube-mtls.io/inject: enabled
+    kube-mtls.io/native-sidecar: \"false\"
+    kube-mtls.io/outbound-ports: \"5432\"
+spec:
+  initContainers:
+  - {name: migrate, image: example/migrate:1}
+  containers:
+  - name: server
+    image: example/payments:1
+    ports:
+    - {name: grpc, containerPort: 9000}
+";
+    let (ok, _, err) = inject_args(pod, &[]);
+    assert!(ok, "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("port 9000") && w.contains("kube-mtls.io/h2-ports")),
+        "{err}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("migrate") && w.contains("5432")),
         "{err}"
     );
 }
