@@ -5,72 +5,12 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use kube_mtls_tests::app::{self, Echo};
-use kube_mtls_tests::certs::{Issued, KubeletDir, Leaf, TestCa, Usage, Validity};
+use kube_mtls_tests::app::{self, echo};
+use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Usage, Validity};
 use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample};
 use kube_mtls_tests::tls::{HttpConn, client_config, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/orders";
-const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/front";
-
-/// A sidecar with direct listeners in front of the echo app.
-struct Env {
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-    app: SocketAddr,
-    /// The sidecar's listener for `app`.
-    addr: SocketAddr,
-    sidecar: Sidecar,
-}
-
-impl Env {
-    async fn start(extra: &[&str]) -> Env {
-        let ca = TestCa::new("test CA");
-        let dir = tempfile::tempdir().unwrap();
-        let cert_dir = dir.path().join("certs");
-        ca.issue(&Leaf::spiffe(SERVER_ID))
-            .write_dir(&cert_dir)
-            .unwrap();
-        let app = app::start().await;
-        let listen = free_port();
-        let sidecar = Sidecar::start(&cert_dir, &[(listen, app.port())], extra);
-        Env {
-            ca,
-            _dir: dir,
-
-            app,
-            addr: SocketAddr::from(([127, 0, 0, 1], listen)),
-            sidecar,
-        }
-    }
-
-    fn client(&self, id: &Issued) -> std::sync::Arc<rustls::ClientConfig> {
-        client_config(&self.ca.cert_pem, Some(id), &["http/1.1"])
-    }
-
-    fn caller(&self, spiffe: &str) -> Issued {
-        self.ca.issue(&Leaf::spiffe(spiffe))
-    }
-
-    fn metrics(&self) -> String {
-        plain_get(self.sidecar.admin, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-}
-
-fn echo(body: &str) -> Echo {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo ({e}): {body}"))
-}
-
-/// The value of a sample line such as `kube_mtls_sidecar_refusals_total{reason="x"} 3`.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_caller_reaches_app_with_xfcc_and_spoofed_headers_replaced() {

@@ -3,50 +3,29 @@
 //! refusals that must reach the client, client mistakes that must not count
 //! against the app, and limits that unauthenticated peers must not exhaust.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_mtls_tests::app::{self, Echo};
-use kube_mtls_tests::certs::{Issued, KubeletDir, Leaf, TestCa, Validity};
+use kube_mtls_tests::app::{self, echo};
+use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Validity};
 use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
-use kube_mtls_tests::tls::{HttpConn, client_config, connect, connect_from, get};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, sum};
+use kube_mtls_tests::tls::{HttpConn, connect, connect_from, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/orders";
-const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/front";
-
-/// A sidecar with one direct listener in front of the echo app.
-struct Env {
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-    sidecar: Sidecar,
+/// What only these tests need of the shared environment.
+trait LimitsEnv {
+    /// An HTTP/1.1 client config presenting an allowed caller's certificate.
+    fn h1(&self) -> Arc<rustls::ClientConfig>;
+    /// An HTTP/2 client config presenting an allowed caller's certificate.
+    fn h2(&self) -> Arc<rustls::ClientConfig>;
+    /// The caller's certificate files, for curl and openssl.
+    fn write_caller_files(&self) -> (tempfile::TempDir, [String; 3]);
 }
 
-impl Env {
-    async fn start(extra: &[&str]) -> Env {
-        let ca = TestCa::new("test CA");
-        let dir = tempfile::tempdir().unwrap();
-        ca.issue(&Leaf::spiffe(SERVER_ID))
-            .write_dir(dir.path())
-            .unwrap();
-        let app = app::start().await;
-        let listen = free_port();
-        let sidecar = Sidecar::start(dir.path(), &[(listen, app.port())], extra);
-        Env {
-            ca,
-            _dir: dir,
-            addr: SocketAddr::from(([127, 0, 0, 1], listen)),
-            sidecar,
-        }
-    }
-
-    fn client_with(&self, id: &Issued, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
-        client_config(&self.ca.cert_pem, Some(id), alpn)
-    }
-
+impl LimitsEnv for Env {
     fn h1(&self) -> Arc<rustls::ClientConfig> {
         self.client_with(&self.ca.issue(&Leaf::spiffe(CLIENT_ID)), &["http/1.1"])
     }
@@ -55,13 +34,6 @@ impl Env {
         self.client_with(&self.ca.issue(&Leaf::spiffe(CLIENT_ID)), &["h2"])
     }
 
-    fn metrics(&self) -> String {
-        plain_get(self.sidecar.admin, "/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    /// The caller's certificate files, for curl and openssl.
     fn write_caller_files(&self) -> (tempfile::TempDir, [String; 3]) {
         let dir = tempfile::tempdir().unwrap();
         self.ca
@@ -72,27 +44,6 @@ impl Env {
         let files = [p("tls.crt"), p("tls.key"), p("ca.crt")];
         (dir, files)
     }
-}
-
-fn echo(body: &str) -> Echo {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo ({e}): {body}"))
-}
-
-/// The value of a sample line such as `kube_mtls_sidecar_refusals_total{reason="x"} 3`.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// The sum of every sample of a metric, whatever its labels.
-fn sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,11 @@ impl Echo {
     }
 }
 
+/// Parses the echo app's reply body, panicking with the body if it is not an echo.
+pub fn echo(body: &str) -> Echo {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo ({e}): {body}"))
+}
+
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req

@@ -8,6 +8,7 @@
 //! - [`kubelet`]: a stand-in kubelet that runs injected pod specs in those pods.
 //! - [`cluster`]: a real control plane (etcd, API server, controller manager, cert-manager).
 //! - [`process`]: running the real binaries, waiting for readiness, reading their logs.
+//! - [`sidecar_env`]: a sidecar with direct listeners in front of the echo app.
 
 pub mod app;
 pub mod bins;
@@ -16,4 +17,5 @@ pub mod cluster;
 pub mod kubelet;
 pub mod netns;
 pub mod process;
+pub mod sidecar_env;
 pub mod tls;
