@@ -21,13 +21,16 @@ cargo-test:
 	$(CARGO) build --workspace --bins --locked
 	KUBE_MTLS_REQUIRE_NETNS=1 $(CARGO) test --workspace --locked
 
-# The cluster test: a real control plane (etcd, kube-apiserver,
+# The cluster tests: a real control plane (etcd, kube-apiserver,
 # kube-controller-manager, cert-manager) built from pinned Go modules, then
-# helm install, annotate, and injected pods serving mTLS. Needs root and Go.
+# helm install, annotate, and injected pods serving mTLS; then the end-to-end
+# scenario on a real node (kubelet, containerd, kube-proxy, CoreDNS) with
+# images built from the Dockerfiles. Needs root, Go and containerd.
 cluster-test:
 	e2e/cluster/build.sh
 	$(CARGO) build --workspace --bins --locked
-	$(CARGO) test -p kube-mtls-tests --test cluster --locked -- --ignored --nocapture
+	e2e/cluster/images.sh
+	$(CARGO) test -p kube-mtls-tests --test cluster --test node --locked -- --ignored --nocapture --test-threads=1
 
 # helm lint, helm template, strict schema validation, values.schema.json cases.
 chart-check:

@@ -13,6 +13,7 @@
 #                                             the webhook BASE=debian:bookworm-slim)
 #   docker.io/kube-mtls/test-app:e2e          e2e/cluster/test-app.Dockerfile
 #   registry.k8s.io/pause:3.10                e2e/cluster/pause.c, static
+#   docker.io/kube-mtls/coredns:e2e           the coredns binary of build.sh
 #
 # The Rust binaries are not compiled in a container: they are taken from
 # $KUBE_MTLS_IMAGE_BINARIES (default <repo>/target/debug; target/release works
@@ -20,7 +21,7 @@
 # kube-mtls-webhook and kube-mtls-test-app (cargo build --workspace --bins).
 #
 # Output, under $KUBE_MTLS_IMAGES (default <repo>/target/cluster/images):
-#   sidecar.tar webhook.tar test-app.tar pause.tar   OCI archives, one image each
+#   sidecar.tar webhook.tar test-app.tar pause.tar coredns.tar   OCI archives
 #   cache/      the debootstrapped base rootfs, a tarball keyed by mirror and
 #               suite (delete it, or set KUBE_MTLS_IMAGES_REFRESH=1, to refresh)
 #   storage/    buildah's image store, with its layer cache
@@ -47,6 +48,7 @@ sidecar_image=ghcr.io/kube-mtls/kube-mtls-sidecar:e2e
 webhook_image=ghcr.io/kube-mtls/kube-mtls-webhook:e2e
 test_app_image=docker.io/kube-mtls/test-app:e2e
 pause_image=registry.k8s.io/pause:3.10
+coredns_image=docker.io/kube-mtls/coredns:e2e
 
 die() {
 	echo "e2e/cluster/images.sh: ERROR: $*" >&2
@@ -270,31 +272,44 @@ build webhook "$webhook_image" "$repo/Dockerfile.webhook" kube-mtls-webhook \
 	--build-arg BINARIES=prebuilt --build-arg BASE="$base_image"
 build test-app "$test_app_image" "$here/test-app.Dockerfile" kube-mtls-test-app
 
-# --- Pause ----------------------------------------------------------------------
+# scratch_image NAME IMAGE BINARY PATH [buildah config args...]: an image of one
+# static binary at PATH (its entrypoint), rebuilt only when the binary changed.
+scratch_image() {
+	local name=$1 image=$2 bin=$3 path=$4 sum have c
+	shift 4
+	sum=$(sha256sum "$bin" | cut -c1-12)
+	have=$(bh inspect --type image --format '{{index .OCIv1.Config.Labels "io.kube-mtls.e2e.binary"}}' "$image" 2>/dev/null || true)
+	if [[ $have == "$sum" ]]; then
+		echo "==> $image: up to date"
+	else
+		echo "==> $image: from $bin"
+		c=$(bh from --pull=never scratch)
+		bh copy --chmod 755 "$c" "$bin" "$path" >/dev/null
+		bh config --os linux --arch "$(dpkg --print-architecture)" --entrypoint "[\"$path\"]" \
+			--label "io.kube-mtls.e2e.binary=$sum" "$@" "$c"
+		bh commit --quiet --rm "$c" "$image" >/dev/null
+	fi
+	archive "$name" "$image"
+}
+
+# --- Pause: a static C program that exits on SIGTERM and reaps zombies -------
 pause_bin=$out/cache/pause
 if [[ ! -x $pause_bin || $here/pause.c -nt $pause_bin ]]; then
 	cc -static -Os -s -Wall -Wextra -Werror -o "$pause_bin" "$here/pause.c" ||
 		die "compiling e2e/cluster/pause.c failed (static glibc: libc6-dev)"
 fi
-pause_sum=$(sha256sum "$pause_bin" | cut -c1-12)
-have=$(bh inspect --type image --format '{{index .OCIv1.Config.Labels "io.kube-mtls.e2e.pause"}}' "$pause_image" 2>/dev/null || true)
-if [[ $have == "$pause_sum" ]]; then
-	echo "==> $pause_image: up to date"
-else
-	echo "==> $pause_image: building from e2e/cluster/pause.c"
-	c=$(bh from --pull=never scratch)
-	bh copy --chmod 755 "$c" "$pause_bin" /pause >/dev/null
-	bh config --os linux --arch "$(dpkg --print-architecture)" --entrypoint '["/pause"]' \
-		--user 65535:65535 --label "io.kube-mtls.e2e.pause=$pause_sum" "$c"
-	bh commit --quiet --rm "$c" "$pause_image" >/dev/null
-fi
-archive pause "$pause_image"
+scratch_image pause "$pause_image" "$pause_bin" /pause --user 65535:65535
+
+# --- CoreDNS: the cluster DNS, from e2e/cluster/build.sh's static binary -------
+coredns_bin=${KUBE_MTLS_CLUSTER_BIN:-$repo/target/cluster/bin}/coredns
+[[ -x $coredns_bin ]] || die "$coredns_bin is missing: run e2e/cluster/build.sh first"
+scratch_image coredns "$coredns_image" "$coredns_bin" /coredns
 
 # Images the new ones replaced (their cached layers stay until unused).
 bh rm --all >/dev/null 2>&1 || true
 bh rmi --prune >/dev/null 2>&1 || true
 
 echo "images built in $(elapsed "$total_start"):"
-for n in sidecar webhook test-app pause; do
+for n in sidecar webhook test-app pause coredns; do
 	echo "  $out/$n.tar"
 done

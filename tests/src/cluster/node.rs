@@ -29,6 +29,17 @@ impl Cluster {
     /// Starts containerd, the kubelet, kube-scheduler and kube-proxy, and waits
     /// until the node is Ready.
     pub fn start_node(&mut self) {
+        for (tool, package) in [
+            ("containerd", "containerd"),
+            ("runc", "runc"),
+            ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        ] {
+            let found = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(found, "the node needs {tool}: apt-get install {package}");
+        }
         self.node_credentials();
         self.start_containerd();
         self.start_kubelet();
@@ -38,6 +49,28 @@ impl Cluster {
             let node = c.try_get_json(&["get", "node", NODE_NAME]);
             node.is_some_and(|n| super::has_condition(&n, "Ready"))
         });
+    }
+
+    /// Imports every OCI archive `e2e/cluster/images.sh` wrote, and starts the
+    /// cluster DNS (`e2e/cluster/manifests/coredns.yaml`).
+    pub fn load_images_and_dns(&mut self, images: &Path) {
+        let archives = std::fs::read_dir(images)
+            .unwrap_or_else(|e| panic!("{}: {e}: run e2e/cluster/images.sh", images.display()));
+        for a in archives.flatten() {
+            if a.path().extension().is_some_and(|x| x == "tar") {
+                self.import_image(&a.path());
+            }
+        }
+        let dns = super::repo_root().join("e2e/cluster/manifests/coredns.yaml");
+        self.kubectl_ok(&["apply", "-f", &dns.display().to_string()]);
+        self.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "deployment/coredns",
+            "--timeout=120s",
+        ]);
     }
 
     fn node_dir(&self) -> PathBuf {

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The end-to-end scenario, on any cluster that has cert-manager and the images
+# (kube-mtls sidecar and webhook with tag $TAG, docker.io/kube-mtls/test-app:e2e):
+# helm install, an opted-in app, allowed and refused callers, a plaintext
+# caller, probes through the sidecar, a Job, re-issuance under traffic,
+# helm uninstall. Shared by e2e/run.sh (kind)
+# and the cluster test on a real node (tests/tests/node), so they cannot drift.
+#
+#   KUBECTL, HELM: the commands (default kubectl, helm); TAG: image tag (e2e).
+# Waits are `kubectl wait`/`rollout status` (no fixed sleeps); every failure
+# names the check.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+KUBECTL=${KUBECTL:-kubectl}
+HELM=${HELM:-helm}
+TAG=${TAG:-e2e}
+k() { $KUBECTL "$@"; }
+log() { printf '==> %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
+    sleep 0.5
+  done
+}
+# A server-side dry run of an opted-in pod: the API server calls the webhook
+# through its Service, so this succeeds once the Service routes to it.
+webhook_answers() {
+  k apply --dry-run=server -f - <<'POD'
+apiVersion: v1
+kind: Pod
+metadata: {name: webhook-probe, namespace: default, labels: {kube-mtls.io/inject: enabled}}
+spec:
+  containers: [{name: app, image: docker.io/kube-mtls/test-app:e2e}]
+POD
+}
+
+log "helm install kube-mtls (images :$TAG)"
+$HELM install kube-mtls "$repo/charts/kube-mtls" --namespace kube-mtls --create-namespace \
+  --set image.webhook.tag="$TAG" --set image.sidecar.tag="$TAG" \
+  --set image.webhook.pullPolicy=IfNotPresent
+k -n kube-mtls rollout status deployment/kube-mtls-webhook --timeout=300s
+k -n cert-manager wait certificate/kube-mtls-ca --for=condition=Ready --timeout=180s
+wait_for 60 "the API server to reach the webhook through its Service" webhook_answers
+
+log "app, Job and callers"
+k apply -f "$here/manifests.yaml"
+k -n shop rollout status deployment/orders --timeout=300s
+for ns in web batch plain; do
+  k -n "$ns" wait pod/client --for=condition=Ready --timeout=300s
+done
+status=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.annotations.kube-mtls\.io/status}')
+[ -n "$status" ] || fail "the orders pod was not injected"
+
+URL=http://orders.shop.svc.cluster.local:8080
+call() { # namespace, curl args...: a plaintext call from the caller's app container
+  local ns=$1; shift
+  k -n "$ns" exec client -c app -- curl -sS --max-time 10 "$@"
+}
+
+log "check: the allowed caller's plaintext call leaves as mTLS and the app sees who called"
+body=$(call web "$URL/hello")
+grep -q 'URI=spiffe://cluster.local/ns/web/sa/front' <<<"$body" || fail "no caller identity in: $body"
+
+log "check: a caller not on the allow-list gets 403"
+code=$(call batch -o /dev/null -w '%{http_code}' "$URL/hello")
+[ "$code" = 403 ] || fail "batch/cron got HTTP $code, want 403"
+
+log "check: a plaintext caller without a sidecar gets nothing"
+if call plain "$URL/hello"; then
+  fail "a plaintext call reached the app"
+fi
+
+log "check: the app's probes pass through the sidecar (the pod is Ready)"
+k -n shop wait pod -l app=orders --for=condition=Ready --timeout=60s
+
+log "check: a Job with the sidecar completes and its pod ends"
+k -n shop wait job/report --for=condition=Complete --timeout=180s
+phase=$(k -n shop get pods -l job-name=report -o jsonpath='{.items[0].status.phase}')
+[ "$phase" = Succeeded ] || fail "the Job's pod is $phase, want Succeeded"
+
+log "check: re-issuance under traffic"
+"$here/rotate.sh"
+
+log "check: helm uninstall and the README's clean-up leave nothing behind"
+k delete -f "$here/manifests.yaml" --wait=true --timeout=120s
+$HELM uninstall kube-mtls --namespace kube-mtls --wait
+k delete certificates.cert-manager.io -A -l app.kubernetes.io/managed-by=kube-mtls
+k delete crd mtlsprofiles.kube-mtls.io
+left=$(k get mutatingwebhookconfigurations,clusterroles,clusterrolebindings,clusterissuers.cert-manager.io -o name | grep kube-mtls || true)
+[ -z "$left" ] || fail "left behind: $left"
+left=$(k get certificates.cert-manager.io -A -l app.kubernetes.io/managed-by=kube-mtls -o name)
+[ -z "$left" ] || fail "Certificates left behind: $left"
+
+log "all end-to-end checks passed"
