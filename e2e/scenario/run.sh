@@ -3,7 +3,7 @@
 # (kube-mtls sidecar and webhook with tag $TAG, docker.io/kube-mtls/test-app:e2e):
 # helm install, an opted-in app, allowed and refused callers, a plaintext
 # caller, probes through the sidecar, a Job, re-issuance under traffic,
-# helm uninstall. Shared by e2e/run.sh (kind)
+# `helm test`, helm uninstall. Shared by e2e/run.sh (kind)
 # and the cluster test on a real node (tests/tests/node), so they cannot drift.
 #
 #   KUBECTL, HELM: the commands (default kubectl, helm); TAG: image tag (e2e).
@@ -45,6 +45,9 @@ $HELM install kube-mtls "$repo/charts/kube-mtls" --namespace kube-mtls --create-
 k -n kube-mtls rollout status deployment/kube-mtls-webhook --timeout=300s
 k -n cert-manager wait certificate/kube-mtls-ca --for=condition=Ready --timeout=180s
 wait_for 60 "the API server to reach the webhook through its Service" webhook_answers
+
+log "check: helm test (an opted-in pod comes up with a ready sidecar)"
+$HELM test kube-mtls --namespace kube-mtls --timeout 5m
 
 log "app, Job and callers"
 k apply -f "$here/manifests.yaml"

@@ -597,11 +597,14 @@ impl Cluster {
             let _ = Command::new("umount").args(["-l", m]).output();
         }
         if let Some(before) = self.netns_before.take() {
-            for ns in netns_names() {
-                if ns.starts_with("cni-") && !before.contains(&ns) {
-                    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-                }
+            let pods: Vec<String> = netns_names()
+                .into_iter()
+                .filter(|ns| ns.starts_with("cni-") && !before.contains(ns))
+                .collect();
+            for ns in &pods {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
             }
+            eprintln!("removed the pods' network namespaces: {pods:?}");
         }
         if let Some(name) = self.cgroup.take() {
             for h in node::cgroup_hierarchies() {
