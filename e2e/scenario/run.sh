@@ -2,8 +2,8 @@
 # The end-to-end scenario, on any cluster that has cert-manager and the images
 # (kube-mtls sidecar and webhook with tag $TAG, docker.io/kube-mtls/test-app:e2e):
 # helm install, an opted-in app, allowed and refused callers, a plaintext
-# caller, probes through the sidecar, a Job, re-issuance under traffic,
-# `helm test`, helm uninstall. Shared by e2e/run.sh (kind)
+# caller, probes through the sidecar, a Job, re-issuance under traffic, pod
+# deletion with a request in flight, `helm test`, helm uninstall. Shared by e2e/run.sh (kind)
 # and the cluster test on a real node (tests/tests/node), so they cannot drift.
 #
 #   KUBECTL, HELM: the commands (default kubectl, helm); TAG: image tag (e2e).
@@ -87,6 +87,20 @@ phase=$(k -n shop get pods -l job-name=report -o jsonpath='{.items[0].status.pha
 
 log "check: re-issuance under traffic"
 "$here/rotate.sh"
+
+log "check: deleting a pod lets the request in flight finish, within the grace period"
+pod=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.name}')
+out=$(mktemp)
+call web -o /dev/null -w '%{http_code}' "$URL/slow?ms=5000" >"$out" 2>&1 &
+inflight=$!
+in_app() { k -n shop logs "$pod" -c app | grep -q 'answering /slow'; }
+wait_for 30 "the slow request to reach the app" in_app
+k -n shop delete pod "$pod" --wait=false
+k -n shop wait pod "$pod" --for=delete --timeout=40s || fail "$pod did not end within its grace period"
+wait "$inflight" || true
+[ "$(cat "$out")" = 200 ] || fail "the request in flight got '$(cat "$out")', want 200"
+rm -f "$out"
+k -n shop rollout status deployment/orders --timeout=120s
 
 log "check: helm uninstall and the README's clean-up leave nothing behind"
 k delete -f "$here/manifests.yaml" --wait=true --timeout=120s

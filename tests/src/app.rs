@@ -67,6 +67,8 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .strip_prefix("/slow?ms=")
         .and_then(|m| m.parse::<u64>().ok())
     {
+        // Said at the start, so a test knows the request is in flight.
+        println!("app: answering {path} after {ms} ms");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if path == "/grpc.health.v1.Health/Check" {
@@ -120,6 +122,28 @@ pub async fn serve(listener: TcpListener) {
                 .await;
         });
     }
+}
+
+/// Serves the echo app on `listener` until `stop` turns true, then lets every
+/// connection finish the request it is answering and closes it (a
+/// well-behaved app on SIGTERM).
+pub async fn serve_until(listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                    .into_owned();
+                tokio::spawn(graceful.watch(conn));
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Starts the echo app on a free port of 127.0.0.1 in this process.

@@ -606,9 +606,19 @@ impl Cluster {
             }
             eprintln!("removed the pods' network namespaces: {pods:?}");
         }
+        // containerd's shims for this node's containers (named by its socket),
+        // then whatever still runs in the node's cgroups.
+        let socket = self.containerd_socket().display().to_string();
+        kill_where(|cmdline| cmdline.contains(&socket));
         if let Some(name) = self.cgroup.take() {
             for h in node::cgroup_hierarchies() {
-                remove_cgroup(&h.join(&name));
+                let dir = h.join(&name);
+                kill_cgroup(&dir);
+                // A cgroup goes once its killed processes have exited.
+                wait_until(Duration::from_secs(10), || {
+                    remove_cgroup(&dir);
+                    !dir.exists()
+                });
             }
         }
     }
@@ -623,6 +633,31 @@ pub(crate) fn netns_names() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// SIGKILLs every process whose command line satisfies `matches`.
+fn kill_where(matches: impl Fn(&str) -> bool) {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if entry.file_name().to_string_lossy().parse::<u32>().is_ok() && matches(&cmdline) {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let _ = Command::new("kill").args(["-s", "KILL", &pid]).output();
+        }
+    }
+}
+
+/// SIGKILLs every process in a cgroup and its children.
+fn kill_cgroup(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_cgroup(&entry.path());
+        }
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace() {
+        let _ = Command::new("kill").args(["-s", "KILL", pid]).output();
+    }
 }
 
 /// Removes a cgroup and its children, deepest first (cgroups go with rmdir).

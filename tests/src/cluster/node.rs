@@ -118,6 +118,7 @@ impl Cluster {
             "--config={}",
             dir.join("containerd.toml").display()
         )];
+        self.netns_before = Some(super::netns_names());
         self.spawn("containerd", Path::new("containerd"), &args, &[]);
         self.wait("containerd", Duration::from_secs(30), |c| {
             c.ctr(&["version"]).status.success()
