@@ -55,6 +55,8 @@ k -n shop rollout status deployment/orders --timeout=300s
 for ns in web batch plain; do
   k -n "$ns" wait pod/client --for=condition=Ready --timeout=300s
 done
+# For a capture on the wire, where a test can take one (tests/tests/node).
+echo "caller web/client has IP $(k -n web get pod client -o jsonpath='{.status.podIP}')"
 status=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.annotations.kube-mtls\.io/status}')
 [ -n "$status" ] || fail "the orders pod was not injected"
 
