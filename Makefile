@@ -1,9 +1,9 @@
 # One entry point for every check CI runs; `make test` is the command README.md shows.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy generated-check cargo-test cluster-test chart-check lint-files generate
+.PHONY: test fmt-check clippy generated-check cargo-test cluster-test chart-check lint-files generate fuzz
 
-test: fmt-check clippy generated-check cargo-test chart-check lint-files cluster-test
+test: fmt-check clippy generated-check cargo-test chart-check lint-files fuzz cluster-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -31,6 +31,11 @@ cluster-test:
 	$(CARGO) build --workspace --bins --locked
 	e2e/cluster/images.sh
 	$(CARGO) test -p kube-mtls-tests --test cluster --test node --locked -- --ignored --nocapture --test-threads=1
+
+# cargo-fuzz targets (fuzz/, nightly toolchain), 20 s each from the committed
+# corpora, plus every input in fuzz/regressions/; see fuzz/README.md.
+fuzz:
+	scripts/fuzz.sh
 
 # helm lint, helm template, strict schema validation, values.schema.json cases.
 chart-check:

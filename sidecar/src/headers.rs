@@ -21,19 +21,44 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Quotes a value for XFCC when it holds a separator, as Envoy does.
-fn push_value(out: &mut String, v: &str) {
-    if v.contains([',', ';', '=', '"']) {
-        out.push('"');
-        for c in v.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
+/// Makes a certificate field safe for a header: every byte of a non-ASCII
+/// character, and every ASCII control character (HTAB and DEL included), is
+/// percent-encoded (`%DF%9F`, `%01`), so the value is visible ASCII and spaces
+/// only, and `HeaderValue::to_str` always works. They are encoded, not dropped,
+/// so `.../sa/admin\u{200b}` cannot read as `.../sa/admin`. A `%` already in the
+/// field is kept as is.
+fn push_safe(out: &mut String, c: char) {
+    if c.is_ascii() && !c.is_ascii_control() {
+        out.push(c);
     } else {
-        out.push_str(v);
+        for b in c.encode_utf8(&mut [0; 4]).bytes() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Pushes `v` in double quotes, with `"` and `\` escaped.
+fn push_quoted(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        push_safe(out, c);
+    }
+    out.push('"');
+}
+
+/// Quotes a value for XFCC when it holds a separator, a quote or a backslash, as
+/// Envoy does, or starts or ends with a space, which a receiver would strip.
+/// Non-ASCII and control characters are percent-encoded (see `push_safe`).
+fn push_value(out: &mut String, v: &str) {
+    // Only a space survives `push_safe` as whitespace (HTAB and non-ASCII
+    // spaces are encoded), so only a space at either end needs the quotes.
+    if v.contains([',', ';', '=', '"', '\\']) || v.starts_with(' ') || v.ends_with(' ') {
+        push_quoted(out, v);
+    } else {
+        v.chars().for_each(|c| push_safe(out, c));
     }
 }
 
@@ -47,15 +72,9 @@ pub fn xfcc_value(own: &PeerIdentity, peer: &PeerIdentity, peer_cert_hash: &str)
         s.push(';');
     }
     s.push_str("Hash=");
-    s.push_str(peer_cert_hash);
-    s.push_str(";Subject=\"");
-    for c in peer.subject.chars() {
-        if c == '"' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('"');
+    peer_cert_hash.chars().for_each(|c| push_safe(&mut s, c));
+    s.push_str(";Subject=");
+    push_quoted(&mut s, &peer.subject);
     for uri in &peer.uris {
         s.push_str(";URI=");
         push_value(&mut s, uri);
@@ -64,15 +83,10 @@ pub fn xfcc_value(own: &PeerIdentity, peer: &PeerIdentity, peer_cert_hash: &str)
         s.push_str(";DNS=");
         push_value(&mut s, dns);
     }
-    // Certificate fields are ASCII in practice; anything else is dropped rather
-    // than sent in a header that would not parse.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| {
-        let ascii: String = s
-            .chars()
-            .filter(|c| c.is_ascii() && !c.is_ascii_control())
-            .collect();
-        HeaderValue::from_str(&ascii).unwrap_or(HeaderValue::from_static(""))
-    })
+    // Every field went through `push_safe`, so `s` is visible ASCII and spaces:
+    // always a valid header value (the fallback is unreachable), and `to_str()`
+    // works on it.
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it
@@ -195,6 +209,69 @@ mod tests {
         assert_eq!(
             v.to_str().unwrap(),
             "By=spiffe://cluster.local/ns/shop/sa/orders;Hash=ab12;Subject=\"CN=front,O=web\";URI=spiffe://cluster.local/ns/web/sa/front;DNS=front.web.svc"
+        );
+    }
+
+    fn peer_with(uris: &[&str], dns: &[&str], subject: &str) -> PeerIdentity {
+        PeerIdentity {
+            spiffe: None,
+            uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+            dns: dns.iter().map(|d| (*d).to_owned()).collect(),
+            subject: subject.to_owned(),
+        }
+    }
+
+    #[test]
+    fn xfcc_quotes_values_with_leading_or_trailing_whitespace() {
+        let own = PeerIdentity::default();
+        let peer = peer_with(&["spiffe://cluster.local/ns/a/sa/b "], &[], "CN=b");
+        let v = xfcc_value(&own, &peer, "ab12");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "Hash=ab12;Subject=\"CN=b\";URI=\"spiffe://cluster.local/ns/a/sa/b \""
+        );
+        let peer = peer_with(&[], &["b.a.svc ", " c.a.svc"], "CN=b");
+        let v = xfcc_value(&own, &peer, "ab12");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "Hash=ab12;Subject=\"CN=b\";DNS=\"b.a.svc \";DNS=\" c.a.svc\""
+        );
+        // A backslash is quoted and escaped too.
+        let peer = peer_with(&[], &["b\\c"], "CN=b");
+        let v = xfcc_value(&own, &peer, "ab12");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "Hash=ab12;Subject=\"CN=b\";DNS=\"b\\\\c\""
+        );
+    }
+
+    #[test]
+    fn xfcc_percent_encodes_non_ascii_and_control_characters() {
+        let own = PeerIdentity {
+            uris: vec!["spiffe://cluster.local/ns/a/sa/own\u{7f}".into()],
+            ..Default::default()
+        };
+        let peer = peer_with(
+            &["spiffe://cluster.local/ns/a/sa/b\u{7df}"],
+            &["b\u{1}.a.svc", "c.a.svc\t"],
+            "CN=caf\u{e9}\u{1b}",
+        );
+        let v = xfcc_value(&own, &peer, "ab12");
+        assert!(
+            v.as_bytes().iter().all(|b| (b' '..=b'~').contains(b)),
+            "{v:?}"
+        );
+        assert_eq!(
+            v.to_str().unwrap(),
+            "By=spiffe://cluster.local/ns/a/sa/own%7F;Hash=ab12;Subject=\"CN=caf%C3%A9%1B\";\
+             URI=spiffe://cluster.local/ns/a/sa/b%DF%9F;DNS=b%01.a.svc;DNS=c.a.svc%09"
+        );
+        // Non-ASCII alone (no control character) used to go out as raw UTF-8.
+        let peer = peer_with(&["spiffe://cluster.local/ns/a/sa/b\u{7df}"], &[], "CN=b");
+        let v = xfcc_value(&PeerIdentity::default(), &peer, "ab12");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "Hash=ab12;Subject=\"CN=b\";URI=spiffe://cluster.local/ns/a/sa/b%DF%9F"
         );
     }
 

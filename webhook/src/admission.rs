@@ -90,6 +90,21 @@ pub fn decide(
     if patch::already_injected(pod) {
         return Decision::Skip(Skip::AlreadyInjected);
     }
+    // Without containers the patch cannot apply (`add /spec/containers/0`,
+    // `add /spec/initContainers` under a missing spec); the API server would
+    // refuse the pod anyway, so say why.
+    if pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        return Decision::Reject(Rejection {
+            subject: "pod".into(),
+            problem: "spec.containers is missing or empty: a pod needs at least one container"
+                .into(),
+            fix: "give the pod at least one container in spec.containers".into(),
+        });
+    }
     if let Err(r) = checks::proxy_uid(pod) {
         return Decision::Reject(r);
     }
@@ -264,20 +279,9 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::IssuerRef;
 
     fn defaults(native: bool) -> Defaults {
-        Defaults {
-            sidecar_image: "sidecar:test".into(),
-            trust_domain: "cluster.local".into(),
-            issuer: IssuerRef {
-                kind: "ClusterIssuer".into(),
-                name: "ca".into(),
-            },
-            cert_duration: "24h".into(),
-            cert_renew_before: "8h".into(),
-            native_sidecar: native,
-        }
+        Defaults::for_tests(native)
     }
 
     fn pod(annotations: Value, spec: Value) -> Value {
@@ -417,5 +421,53 @@ mod tests {
             warnings(decide_on(&pod(json!({}), spec), false)),
             Vec::<String>::new()
         );
+    }
+
+    fn admission() -> Admission {
+        Admission {
+            defaults: defaults(true),
+            own_namespace: "kube-mtls".into(),
+            view: ClusterView::empty(),
+            client: None,
+            metrics: Arc::new(Metrics::new()),
+            events: None,
+        }
+    }
+
+    async fn review_of(pod: Value) -> Value {
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {"uid": "u1", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
+        });
+        admission()
+            .review(&serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pod_without_containers_is_rejected_rather_than_given_a_patch_that_cannot_apply() {
+        let no_spec = json!({"metadata": {"name": "p", "annotations": {INJECT: "enabled"}}});
+        let pods = [
+            no_spec,
+            pod(json!({}), json!({})),
+            pod(json!({}), json!({"containers": []})),
+            pod(json!({}), json!({"containers": "app"})),
+        ];
+        for (i, p) in pods.into_iter().enumerate() {
+            let r = review_of(p).await;
+            let resp = &r["response"];
+            assert_eq!(resp["allowed"], false, "{i}: {r}");
+            assert!(resp.get("patch").is_none(), "{i}: {r}");
+            let msg = resp["status"]["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("spec.containers is missing or empty") && msg.contains("Fix:"),
+                "{i}: {msg}"
+            );
+        }
+        let ok = review_of(pod(json!({}), json!({"containers": [app(json!({}))]}))).await;
+        assert_eq!(ok["response"]["allowed"], true, "{ok}");
+        assert!(ok["response"]["patch"].is_string(), "{ok}");
     }
 }

@@ -319,6 +319,47 @@ fn check_not_sidecar_ports(name: &str, ports: &BTreeSet<u16>) -> Result<(), Reje
     Ok(())
 }
 
+/// A port list from the MtlsProfile `profile`, checked like the annotation
+/// that overrides it: the CRD allows any u16, but the init container refuses
+/// port 0 (and the sidecar's own ports where `no_sidecar_ports`).
+fn profile_ports(
+    profile: Option<&str>,
+    namespace: &str,
+    field: &str,
+    value: &Option<Vec<u16>>,
+    no_sidecar_ports: bool,
+) -> Result<Option<BTreeSet<u16>>, Rejection> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let name = profile.unwrap_or_default();
+    let set: BTreeSet<u16> = value.iter().copied().collect();
+    let bad = |problem: String, fix: &str| Rejection {
+        subject: format!("MtlsProfile {name} field {field}"),
+        problem,
+        fix: format!("{fix} in {field} (kubectl edit mtlsprofile {name} -n {namespace})"),
+    };
+    if set.contains(&0) {
+        return Err(bad(
+            "port 0 is not a port".into(),
+            "list port numbers from 1 to 65535",
+        ));
+    }
+    if no_sidecar_ports {
+        for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+            if set.contains(&own) {
+                return Err(bad(
+                    format!(
+                        "port {own} is one of the sidecar's own ports (15006 inbound, 15001 outbound, 15020 admin)"
+                    ),
+                    "leave out ports 15001, 15006 and 15020",
+                ));
+            }
+        }
+    }
+    Ok(Some(set))
+}
+
 fn strings(ann: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<String>> {
     annotation(ann, name).map(|v| list(v).map(str::to_owned).collect())
 }
@@ -333,11 +374,18 @@ fn valid_spiffe_or_dns(item: &str) -> bool {
                     .all(|s| !s.is_empty() && (s == "*" || !s.contains('*')))
         });
     }
+    // These DNS rules must match the sidecar's `Pattern::parse`
+    // (sidecar/src/identity.rs): a name the webhook admits but the sidecar
+    // refuses leaves the pod with a sidecar that cannot start. The sidecar
+    // has no total-length limit; 253 (the DNS maximum) only rejects more.
     let name = item.strip_prefix("*.").unwrap_or(item);
     !name.is_empty()
-        && name
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && item.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// Reads the pod's annotations and profiles into the settings for its patch.
@@ -375,9 +423,14 @@ pub fn resolve(
         },
         None => MtlsProfileSpec::default(),
     };
-    let from_profile = |v: &Option<Vec<u16>>| {
-        v.as_ref()
-            .map(|p| p.iter().copied().collect::<BTreeSet<u16>>())
+    let from_profile = |field: &str, v: &Option<Vec<u16>>, no_sidecar_ports: bool| {
+        profile_ports(
+            profile_name.as_deref(),
+            namespace,
+            field,
+            v,
+            no_sidecar_ports,
+        )
     };
 
     let inbound = match annotation(&ann, "inbound-ports") {
@@ -394,7 +447,7 @@ pub fn resolve(
             check_not_sidecar_ports("inbound-ports", &p)?;
             Inbound::Only(p)
         }
-        None => match from_profile(&profile.inbound_ports) {
+        None => match from_profile("inboundPorts", &profile.inbound_ports, true)? {
             Some(p) if !p.is_empty() => Inbound::Only(p),
             _ => {
                 let declared = declared_ports(pod);
@@ -418,12 +471,17 @@ pub fn resolve(
             }
         },
     };
-    let skip_inbound = ports(pod, &ann, "skip-inbound-ports")?
-        .or_else(|| from_profile(&profile.skip_inbound_ports))
-        .unwrap_or_default();
-    let tcp_ports = ports(pod, &ann, "tcp-ports")?
-        .or_else(|| from_profile(&profile.tcp_ports))
-        .unwrap_or_default();
+    // The annotation's checks cover the profile's list too (none for the
+    // sidecar's ports in skip-inbound-ports, which the init accepts).
+    let skip_inbound = match ports(pod, &ann, "skip-inbound-ports")? {
+        Some(p) => p,
+        None => from_profile("skipInboundPorts", &profile.skip_inbound_ports, false)?
+            .unwrap_or_default(),
+    };
+    let tcp_ports = match ports(pod, &ann, "tcp-ports")? {
+        Some(p) => p,
+        None => from_profile("tcpPorts", &profile.tcp_ports, true)?.unwrap_or_default(),
+    };
     let h2_ports = ports(pod, &ann, "h2-ports")?.unwrap_or_default();
     check_not_sidecar_ports("tcp-ports", &tcp_ports)?;
     check_not_sidecar_ports("h2-ports", &h2_ports)?;
@@ -434,9 +492,10 @@ pub fn resolve(
             "a port is TCP or HTTP/2, not both",
         ));
     }
-    let outbound_ports = ports(pod, &ann, "outbound-ports")?
-        .or_else(|| from_profile(&profile.outbound_ports))
-        .unwrap_or_default();
+    let outbound_ports = match ports(pod, &ann, "outbound-ports")? {
+        Some(p) => p,
+        None => from_profile("outboundPorts", &profile.outbound_ports, true)?.unwrap_or_default(),
+    };
     check_not_sidecar_ports("outbound-ports", &outbound_ports)?;
 
     let allowed_clients = strings(&ann, "allowed-clients")
@@ -447,7 +506,7 @@ pub fn resolve(
             return Err(reject(
                 "allowed-clients",
                 format!("{c:?} is not a SPIFFE ID pattern or DNS name"),
-                "write spiffe://<trust domain>/ns/<namespace>/sa/<service account> (`*` for a whole segment) or a DNS name",
+                "write spiffe://<trust domain>/ns/<namespace>/sa/<service account> (`*` for a whole segment) or a DNS name (letters, digits, '-'; labels of 1-63 characters, 253 in all)",
             ));
         }
     }
@@ -469,7 +528,7 @@ pub fn resolve(
             return Err(reject(
                 "dns-names",
                 format!("{d:?} is not a DNS name"),
-                "list DNS names such as orders.shop.svc",
+                "list DNS names such as orders.shop.svc (labels of 1-63 characters, 253 in all)",
             ));
         }
     }
@@ -562,4 +621,141 @@ pub fn resolve(
         sidecar_image: defaults.sidecar_image.clone(),
     };
     Ok((resolved, warnings))
+}
+
+#[cfg(test)]
+impl Defaults {
+    /// Settings for unit tests: a test image and issuer, the flags' lifetimes.
+    pub(crate) fn for_tests(native_sidecar: bool) -> Defaults {
+        Defaults {
+            sidecar_image: "sidecar:test".into(),
+            trust_domain: "cluster.local".into(),
+            issuer: IssuerRef {
+                kind: "ClusterIssuer".into(),
+                name: "ca".into(),
+            },
+            cert_duration: "24h".into(),
+            cert_renew_before: "8h".into(),
+            native_sidecar,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::MtlsProfile;
+    use serde_json::json;
+
+    fn defaults() -> Defaults {
+        Defaults::for_tests(true)
+    }
+
+    fn pod(annotations: Value) -> Value {
+        json!({
+            "metadata": {"name": "p", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 8080}]}]},
+        })
+    }
+
+    fn view_with(name: &str, spec: MtlsProfileSpec) -> ClusterView {
+        let mut p = MtlsProfile::new(name, spec);
+        p.metadata.namespace = Some("shop".into());
+        ClusterView::Fixed {
+            profiles: vec![p],
+            namespaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn profile_ports_that_are_zero_or_the_sidecars_own_are_rejected_naming_the_profile() {
+        let cases: [(&str, MtlsProfileSpec); 6] = [
+            (
+                "inboundPorts",
+                MtlsProfileSpec {
+                    inbound_ports: Some(vec![0]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "inboundPorts",
+                MtlsProfileSpec {
+                    inbound_ports: Some(vec![8080, 15006]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "skipInboundPorts",
+                MtlsProfileSpec {
+                    skip_inbound_ports: Some(vec![0]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "tcpPorts",
+                MtlsProfileSpec {
+                    tcp_ports: Some(vec![15020]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "outboundPorts",
+                MtlsProfileSpec {
+                    outbound_ports: Some(vec![0]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "outboundPorts",
+                MtlsProfileSpec {
+                    outbound_ports: Some(vec![15001]),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, spec) in cases {
+            let view = view_with("strict", spec.clone());
+            let p = pod(json!({PROFILE: "strict"}));
+            let err = resolve(&p, "shop", &view, &defaults())
+                .map(|(r, _)| r)
+                .expect_err(&format!("{field} {spec:?} was accepted"));
+            let msg = err.to_string();
+            assert!(
+                err.subject == format!("MtlsProfile strict field {field}")
+                    && msg.contains("Fix:")
+                    && msg.contains("strict"),
+                "{field}: {msg}"
+            );
+        }
+        // The same profile with ordinary ports is fine.
+        let ok = MtlsProfileSpec {
+            inbound_ports: Some(vec![8080]),
+            skip_inbound_ports: Some(vec![9090]),
+            tcp_ports: Some(vec![5432]),
+            outbound_ports: Some(vec![443]),
+            ..Default::default()
+        };
+        let view = view_with("strict", ok);
+        let (r, _) = resolve(&pod(json!({PROFILE: "strict"})), "shop", &view, &defaults())
+            .expect("valid profile rejected");
+        assert_eq!(r.inbound, Inbound::Only(BTreeSet::from([8080])));
+    }
+
+    #[test]
+    fn allowed_clients_dns_labels_longer_than_63_are_rejected_like_the_sidecar_does() {
+        let long = format!("{}.example.com", "a".repeat(64));
+        let p = pod(json!({"kube-mtls.io/allowed-clients": long}));
+        let err = resolve(&p, "shop", &ClusterView::empty(), &defaults())
+            .map(|(r, _)| r)
+            .expect_err("a 64-character label was accepted");
+        assert_eq!(err.subject, "annotation kube-mtls.io/allowed-clients");
+        assert!(err.to_string().contains("63"), "{err}");
+
+        let max = format!("*.{}.example.com", "a".repeat(63));
+        let p = pod(json!({"kube-mtls.io/allowed-clients": max}));
+        assert!(resolve(&p, "shop", &ClusterView::empty(), &defaults()).is_ok());
+
+        let too_long = vec!["a".repeat(63); 4].join("."); // 255 characters
+        assert!(!valid_spiffe_or_dns(&too_long));
+    }
 }
