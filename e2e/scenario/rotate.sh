@@ -4,17 +4,8 @@
 # `cmctl renew` asks it to: an Issuing condition), kubelet updates the Secret
 # volume, the sidecar reloads it and serves the new certificate; no call fails.
 set -euo pipefail
-KUBECTL=${KUBECTL:-kubectl}
-k() { $KUBECTL "$@"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
-    sleep 0.5
-  done
-}
+# shellcheck source=e2e/scenario/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 secret=kube-mtls-orders-tls
 pod=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.name}')

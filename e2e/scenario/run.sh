@@ -12,20 +12,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-KUBECTL=${KUBECTL:-kubectl}
 HELM=${HELM:-helm}
 TAG=${TAG:-e2e}
-k() { $KUBECTL "$@"; }
-log() { printf '==> %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
-    sleep 0.5
-  done
-}
+# shellcheck source=e2e/scenario/lib.sh
+. "$here/lib.sh"
 # A server-side dry run of an opted-in pod: the API server calls the webhook
 # through its Service, so this succeeds once the Service routes to it.
 webhook_answers() {

@@ -60,12 +60,7 @@ type options struct {
 }
 
 func main() {
-	if err := run(); err != nil {
-		logf.Log.Error(err, "cert-manager-cainjector failed")
-		logf.FlushLogs()
-		os.Exit(1)
-	}
-	logf.FlushLogs()
+	common.Main("cert-manager-cainjector", run)
 }
 
 func parseFlags() (*options, error) {

@@ -77,12 +77,7 @@ type options struct {
 }
 
 func main() {
-	if err := run(); err != nil {
-		logf.Log.Error(err, "cert-manager-controller failed")
-		logf.FlushLogs()
-		os.Exit(1)
-	}
-	logf.FlushLogs()
+	common.Main("cert-manager-controller", run)
 }
 
 func parseFlags() (*options, error) {

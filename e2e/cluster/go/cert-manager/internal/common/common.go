@@ -167,3 +167,14 @@ func CheckSubset(flag, what string, got, supported []string) error {
 	}
 	return nil
 }
+
+// Main runs a binary's run function: an error is logged and exits 1; logs are
+// flushed either way.
+func Main(name string, run func() error) {
+	if err := run(); err != nil {
+		logf.Log.Error(err, name+" failed")
+		logf.FlushLogs()
+		os.Exit(1)
+	}
+	logf.FlushLogs()
+}
