@@ -14,9 +14,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use kube_mtls_tests::bins::bin;
-use kube_mtls_tests::cluster::{API_IP, Cluster, contained_in, repo_root};
+use kube_mtls_tests::cluster::{API_IP, Cluster, contained_in, has_condition, repo_root};
 use kube_mtls_tests::kubelet::{RunningPod, run_injected};
-use serde_json::Value;
 
 mod failure;
 mod scenario;
@@ -187,14 +186,8 @@ fn wait_ready(c: &mut Cluster, ns: &str, kind: &str, name: &str) {
             if !ns.is_empty() {
                 args.extend(["-n", ns]);
             }
-            c.try_get_json(&args).is_some_and(|o| ready(&o))
+            c.try_get_json(&args)
+                .is_some_and(|o| has_condition(&o, "Ready"))
         },
     );
-}
-
-fn ready(o: &Value) -> bool {
-    o["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
 }
