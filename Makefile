@@ -1,9 +1,21 @@
 # One entry point for every check CI runs; `make test` is the command README.md shows.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy generated-check cargo-test cluster-test chart-check lint-files generate fuzz
+.PHONY: test deps demo demo-down fmt-check clippy generated-check cargo-test cluster-test chart-check lint-files generate fuzz
 
-test: fmt-check clippy generated-check cargo-test chart-check lint-files fuzz cluster-test
+test: deps fmt-check clippy generated-check cargo-test chart-check lint-files fuzz cluster-test
+
+# Installs what the tests need (Debian packages, helm, linters) when missing,
+# or names the missing tool and the command that installs it.
+deps:
+	scripts/install-deps.sh
+
+# kube-mtls on a real local cluster (no Docker), left running; see README.md.
+demo:
+	e2e/demo.sh up
+
+demo-down:
+	e2e/demo.sh down
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -11,50 +11,25 @@
 # names the check.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 HELM=${HELM:-helm}
 TAG=${TAG:-e2e}
 # shellcheck source=e2e/scenario/lib.sh
 . "$here/lib.sh"
-# A server-side dry run of an opted-in pod: the API server calls the webhook
-# through its Service, so this succeeds once the Service routes to it.
-webhook_answers() {
-  k apply --dry-run=server -f - <<'POD'
-apiVersion: v1
-kind: Pod
-metadata: {name: webhook-probe, namespace: default, labels: {kube-mtls.io/inject: enabled}}
-spec:
-  containers: [{name: app, image: docker.io/kube-mtls/test-app:e2e}]
-POD
-}
+# shellcheck source=e2e/scenario/steps.sh
+. "$here/steps.sh"
 
 log "helm install kube-mtls (images :$TAG)"
-$HELM install kube-mtls "$repo/charts/kube-mtls" --namespace kube-mtls --create-namespace \
-  --set image.webhook.tag="$TAG" --set image.sidecar.tag="$TAG" \
-  --set image.webhook.pullPolicy=IfNotPresent
-k -n kube-mtls rollout status deployment/kube-mtls-webhook --timeout=300s
-k -n cert-manager wait certificate/kube-mtls-ca --for=condition=Ready --timeout=180s
-wait_for 60 "the API server to reach the webhook through its Service" webhook_answers
+install_chart
 
 log "check: helm test (an opted-in pod comes up with a ready sidecar)"
 $HELM test kube-mtls --namespace kube-mtls --timeout 5m
 
 log "app, Job and callers"
-k apply -f "$here/manifests.yaml"
-k -n shop rollout status deployment/orders --timeout=300s
-for ns in web batch plain; do
-  k -n "$ns" wait pod/client --for=condition=Ready --timeout=300s
-done
+deploy_workloads
 # For a capture on the wire, where a test can take one (tests/tests/node).
 echo "caller web/client has IP $(k -n web get pod client -o jsonpath='{.status.podIP}')"
 status=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.annotations.kube-mtls\.io/status}')
 [ -n "$status" ] || fail "the orders pod was not injected"
-
-URL=http://orders.shop.svc.cluster.local:8080
-call() { # namespace, curl args...: a plaintext call from the caller's app container
-  local ns=$1; shift
-  k -n "$ns" exec client -c app -- curl -sS --max-time 10 "$@"
-}
 
 log "check: the allowed caller's plaintext call leaves as mTLS and the app sees who called"
 body=$(call web "$URL/hello")

@@ -11,6 +11,7 @@
 //! `target/cluster/logs/<run>/` for the test report.
 
 mod compare;
+pub mod demo;
 mod node;
 mod pki;
 mod workload;
@@ -586,16 +587,7 @@ impl Cluster {
     /// Unmounts what containerd and the kubelet mounted under the cluster's
     /// directory and removes the kubelet's cgroups.
     fn clean_node(&mut self) {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").args(["-l", m]).output();
-        }
+        unmount_under(&self.dir);
         if let Some(before) = self.netns_before.take() {
             let pods: Vec<String> = netns_names()
                 .into_iter()
@@ -635,14 +627,39 @@ pub(crate) fn netns_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Unmounts everything mounted under `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = Command::new("umount").args(["-l", m]).output();
+    }
+}
+
+/// Every process's id and command line (arguments joined by spaces).
+pub(crate) fn processes() -> Vec<(u32, String)> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
 /// SIGKILLs every process whose command line satisfies `matches`.
 fn kill_where(matches: impl Fn(&str) -> bool) {
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if entry.file_name().to_string_lossy().parse::<u32>().is_ok() && matches(&cmdline) {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            let _ = Command::new("kill").args(["-s", "KILL", &pid]).output();
+    for (pid, cmdline) in processes() {
+        if matches(&cmdline) {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .output();
         }
     }
 }
@@ -675,6 +692,8 @@ fn remove_cgroup(dir: &Path) {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.procs.iter().any(|p| p.name == "containerd") {
+            // The kubelet first, or it restarts the containers being stopped.
+            self.stop("kubelet");
             self.stop_containers();
         }
         while let Some(mut p) = self.procs.pop() {

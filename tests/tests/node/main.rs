@@ -5,7 +5,10 @@
 //! `Dockerfile.webhook` build (`e2e/cluster/images.sh`). The webhook runs
 //! in-cluster as the chart deploys it.
 //!
-//! Run it alone with `make cluster-test`.
+//! Run it alone with `make cluster-test`. `demo` tests `make demo` on the
+//! same kind of cluster.
+
+mod demo;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
