@@ -73,14 +73,19 @@ pub struct Report {
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
     pub max_us: u64,
+    /// Fixed rate only: how late the pacer released requests (its p99, µs);
+    /// well under the proxies' latencies means the schedule was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pacing_p99_us: Option<u64>,
     /// The first error seen, to make a failed run explain itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
 }
 
 /// What one task measured.
-struct Tally {
+pub(crate) struct Tally {
     latency: Histogram<u64>,
     requests: u64,
     errors: u64,
@@ -88,7 +93,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(crate) fn new() -> Tally {
         Tally {
             // 1 µs to 60 s at 3 significant digits: constant, valid bounds.
             latency: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -99,20 +104,20 @@ impl Tally {
         }
     }
 
-    fn ok(&mut self, since: Instant) {
+    pub(crate) fn ok(&mut self, since: Instant) {
         self.requests += 1;
         let us = since.elapsed().as_micros().max(1) as u64;
         self.latency.saturating_record(us);
     }
 
-    fn error(&mut self, e: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(e.to_string());
         }
     }
 
-    fn merge(tallies: Vec<Tally>, scenario: &'static str, seconds: f64) -> Report {
+    pub(crate) fn merge(tallies: Vec<Tally>, scenario: &'static str, seconds: f64) -> Report {
         let mut all = Tally::new();
         for t in tallies {
             let _ = all.latency.add(&t.latency);
@@ -131,7 +136,9 @@ impl Tally {
             p50_us: all.latency.value_at_quantile(0.50),
             p90_us: all.latency.value_at_quantile(0.90),
             p99_us: all.latency.value_at_quantile(0.99),
+            p999_us: all.latency.value_at_quantile(0.999),
             max_us: all.latency.max(),
+            pacing_p99_us: None,
             first_error: all.first_error,
         }
     }
@@ -196,7 +203,7 @@ async fn keepalive_request(
     true
 }
 
-async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
+pub(crate) async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         match t.await {
@@ -211,6 +218,16 @@ async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
     out
 }
 
+/// How much a closed-loop scenario sends.
+#[derive(Clone, Copy)]
+pub enum Budget {
+    /// As many requests as fit in this time.
+    Time(Duration),
+    /// This many requests in all (each connection sends its share), for a
+    /// fixed amount of work: instructions per request are counted so.
+    Requests(u64),
+}
+
 /// `connections` keep-alive HTTP/1.1 connections, each sending its next
 /// request as soon as the previous answer arrived. Connections are opened
 /// before the clock starts.
@@ -218,18 +235,29 @@ pub async fn keepalive(
     target: &Target,
     spec: &RequestSpec,
     connections: usize,
-    duration: Duration,
+    budget: Budget,
 ) -> Result<Report, ClientError> {
     let senders = open_http1(target, connections).await?;
     let start = Instant::now();
-    let deadline = start + duration;
     let tasks = senders
         .into_iter()
-        .map(|mut sender| {
+        .enumerate()
+        .map(|(i, mut sender)| {
             let (target, spec) = (target.clone(), spec.clone());
+            let (deadline, mut left) = match budget {
+                Budget::Time(d) => (start + d, u64::MAX),
+                Budget::Requests(n) => {
+                    let c = connections as u64;
+                    (
+                        start + Duration::from_secs(86_400),
+                        n / c + u64::from((i as u64) < n % c),
+                    )
+                }
+            };
             tokio::spawn(async move {
                 let mut tally = Tally::new();
-                while Instant::now() < deadline {
+                while left > 0 && Instant::now() < deadline {
+                    left -= 1;
                     let (req, t) = (spec.keepalive.clone(), Instant::now());
                     if !keepalive_request(&mut tally, &mut sender, &target, req, t).await {
                         break;
@@ -247,9 +275,10 @@ pub async fn keepalive(
     ))
 }
 
-/// A fixed total rate spread over `connections` keep-alive connections.
-/// Each connection has its own schedule, offset so that the requests of all
-/// of them interleave evenly.
+/// A fixed total rate spread over `connections` keep-alive connections, in
+/// turn. The pacer thread ([`crate::pacer`]) releases each request when it
+/// is due; a connection still busy with its previous request queues the
+/// next, whose latency still counts from when it was due.
 pub async fn fixed_rate(
     target: &Target,
     spec: &RequestSpec,
@@ -258,32 +287,32 @@ pub async fn fixed_rate(
     duration: Duration,
 ) -> Result<Report, ClientError> {
     let senders = open_http1(target, connections).await?;
-    let period = Duration::from_secs_f64(connections as f64 / rate);
-    let start = Instant::now();
-    let deadline = start + duration;
+    let mut schedules = Vec::with_capacity(connections);
     let tasks = senders
         .into_iter()
-        .enumerate()
-        .map(|(i, mut sender)| {
+        .map(|mut sender| {
             let (target, spec) = (target.clone(), spec.clone());
-            let first = start + period.mul_f64(i as f64 / connections as f64);
+            let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            schedules.push(due_tx);
             tokio::spawn(async move {
                 let mut tally = Tally::new();
-                let mut due = first;
-                while due < deadline {
-                    tokio::time::sleep_until(due.into()).await;
+                while let Some(due) = due_rx.recv().await {
                     let req = spec.keepalive.clone();
                     if !keepalive_request(&mut tally, &mut sender, &target, req, due).await {
                         break;
                     }
-                    due += period;
                 }
                 tally
             })
         })
         .collect();
+    let start = Instant::now() + Duration::from_millis(1);
+    let pacer =
+        std::thread::spawn(move || crate::pacer::pace(schedules, rate, start, start + duration));
     let tallies = join(tasks).await;
-    Ok(Tally::merge(tallies, "rate", duration.as_secs_f64()))
+    let mut report = Tally::merge(tallies, "rate", duration.as_secs_f64());
+    report.pacing_p99_us = pacer.join().ok().map(|h| h.value_at_quantile(0.99));
+    Ok(report)
 }
 
 /// `concurrency` loops that each open a new connection (a full TLS handshake

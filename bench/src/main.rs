@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube_mtls_bench::client::{Target, Tls};
 use kube_mtls_bench::load::{self, RequestSpec};
-use kube_mtls_bench::{certs, upstream};
+use kube_mtls_bench::{certs, tcp, upstream};
 
 /// Load generator and upstream for the kube-mtls benchmark (bench/run.py).
 #[derive(Parser)]
@@ -25,6 +25,9 @@ enum Command {
     Upstream {
         #[arg(long, default_value = "127.0.0.1:18080")]
         listen: SocketAddr,
+        /// Also serve the L4 scenarios' TCP echo and sink here.
+        #[arg(long)]
+        tcp_listen: Option<SocketAddr>,
     },
     /// Put load on a target and print one JSON report on stdout.
     Run(Box<RunArgs>),
@@ -40,6 +43,12 @@ enum Scenario {
     Handshake,
     /// HTTP/2 with --streams requests in flight per connection.
     H2,
+    /// Raw TCP: 64-byte round trips over keep-alive connections, closed loop.
+    Tcp,
+    /// Raw TCP: a new connection per 64-byte round trip.
+    TcpHandshake,
+    /// Raw TCP: --bytes on one connection; the rate is MB/s.
+    TcpBulk,
 }
 
 #[derive(Args)]
@@ -78,6 +87,13 @@ struct RunArgs {
     body: Option<PathBuf>,
     #[arg(long)]
     content_type: Option<String>,
+    /// Bytes of the tcp-bulk transfer.
+    #[arg(long, default_value_t = 100_000_000)]
+    bytes: u64,
+    /// Keep-alive only: stop after this many requests in all (instead of
+    /// --seconds), for counting instructions per request.
+    #[arg(long)]
+    requests: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,9 +105,20 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::GenCerts { dir } => certs::write(&dir)
             .with_context(|| format!("cannot write certificates under {}", dir.display())),
-        Command::Upstream { listen } => runtime
-            .block_on(upstream::serve(listen))
-            .with_context(|| format!("upstream on {listen}")),
+        Command::Upstream { listen, tcp_listen } => runtime.block_on(async move {
+            if let Some(tcp) = tcp_listen {
+                let tcp = upstream::serve_tcp(tcp);
+                tokio::spawn(async move {
+                    if let Err(e) = tcp.await {
+                        eprintln!("TCP upstream: {e}");
+                        std::process::exit(1);
+                    }
+                });
+            }
+            upstream::serve(listen)
+                .await
+                .with_context(|| format!("upstream on {listen}"))
+        }),
         Command::Run(args) => {
             let report = runtime.block_on(run(*args))?;
             println!("{}", serde_json::to_string(&report)?);
@@ -113,6 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<load::Report> {
     );
     let alpn: &[&str] = match args.scenario {
         Scenario::H2 => &["h2"],
+        Scenario::Tcp | Scenario::TcpHandshake | Scenario::TcpBulk => &[],
         _ => &["http/1.1"],
     };
     let tls = match &args.ca {
@@ -154,12 +182,21 @@ async fn run(args: RunArgs) -> anyhow::Result<load::Report> {
     .context("--path, --server-name and --content-type must form a valid HTTP request")?;
     let duration = Duration::from_secs_f64(args.seconds);
     let report = match args.scenario {
-        Scenario::Keepalive => load::keepalive(&target, &spec, args.connections, duration).await,
+        Scenario::Keepalive => {
+            let budget = match args.requests {
+                Some(n) => load::Budget::Requests(n),
+                None => load::Budget::Time(duration),
+            };
+            load::keepalive(&target, &spec, args.connections, budget).await
+        }
         Scenario::Rate => {
             load::fixed_rate(&target, &spec, args.connections, args.rate, duration).await
         }
         Scenario::Handshake => load::handshakes(&target, &spec, args.connections, duration).await,
         Scenario::H2 => load::http2(&target, &spec, args.connections, args.streams, duration).await,
+        Scenario::Tcp => tcp::round_trips(&target, args.connections, duration).await,
+        Scenario::TcpHandshake => tcp::handshakes(&target, args.connections, duration).await,
+        Scenario::TcpBulk => tcp::bulk(&target, args.bytes).await,
     }
     .with_context(|| format!("cannot reach {}", args.target))?;
     Ok(report)

@@ -1,6 +1,7 @@
-//! The upstream every contestant forwards to: a small HTTP server that answers
+//! The upstreams every contestant forwards to: a small HTTP server that answers
 //! every request with 200 and a short body, over HTTP/1.1 or cleartext HTTP/2.
-//! It reads (and drops) request bodies, so POST scenarios work too.
+//! It reads (and drops) request bodies, so POST scenarios work too. And for
+//! the L4 scenarios, a TCP echo and sink ([`serve_tcp`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,5 +40,47 @@ pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
                 .serve_connection(TokioIo::new(tcp), service_fn(answer))
                 .await;
         });
+    }
+}
+
+/// The L4 scenarios' upstream ([`crate::tcp`]): echo or sink, chosen by the
+/// first byte of each connection. Serves until the process is stopped.
+pub async fn serve_tcp(listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = tcp_connection(tcp).await;
+        });
+    }
+}
+
+async fn tcp_connection(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    match tcp.read_u8().await? {
+        crate::tcp::ECHO => loop {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            tcp.write_all(&buf[..n]).await?;
+        },
+        crate::tcp::SINK => loop {
+            let mut left = tcp.read_u64().await?;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = tcp.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                left -= n as u64;
+            }
+            tcp.write_all(crate::tcp::SINK_DONE).await?;
+        },
+        other => Err(std::io::Error::other(format!(
+            "unknown mode byte {other:#x}"
+        ))),
     }
 }

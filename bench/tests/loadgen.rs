@@ -1,7 +1,8 @@
-//! The load generator through the real sidecar to its own upstream: every
-//! scenario completes without errors over mTLS, a fixed rate sends exactly
-//! the scheduled requests, and a client without a certificate is counted as
-//! failing rather than as throughput.
+//! The load generator through the real sidecar to its own upstreams: every
+//! scenario (HTTP and raw TCP) completes without errors over mTLS, a fixed
+//! rate and a request budget send exactly the scheduled requests, and a
+//! client without a certificate is counted as failing rather than as
+//! throughput.
 
 use std::net::TcpStream;
 use std::process::Command;
@@ -15,7 +16,10 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_kube-mtls-loadgen");
 struct Setup {
     _upstream: Proc,
     _sidecar: Sidecar,
+    /// The sidecar's HTTP listener.
     proxy: u16,
+    /// Its raw-TCP listener (`--tcp-ports`), in front of the TCP upstream.
+    tcp_proxy: u16,
     certs: tempfile::TempDir,
 }
 
@@ -32,11 +36,14 @@ fn setup() -> Setup {
     }
 
     let upstream_port = free_port();
+    let tcp_upstream = free_port();
     let mut cmd = Command::new(LOADGEN);
     cmd.args([
         "upstream",
         "--listen",
         &format!("127.0.0.1:{upstream_port}"),
+        "--tcp-listen",
+        &format!("127.0.0.1:{tcp_upstream}"),
     ]);
     let upstream = Proc::spawn(cmd);
     assert!(
@@ -49,24 +56,30 @@ fn setup() -> Setup {
         upstream.logs()
     );
 
-    let proxy = free_port();
+    let (proxy, tcp_proxy) = (free_port(), free_port());
+    let tcp_ports = format!("--tcp-ports={tcp_upstream}");
     let sidecar = Sidecar::start(
         &certs.path().join("server"),
-        &[(proxy, upstream_port)],
-        &["--workers", "1"],
+        &[(proxy, upstream_port), (tcp_proxy, tcp_upstream)],
+        &["--workers", "1", &tcp_ports],
     );
     Setup {
         _upstream: upstream,
         _sidecar: sidecar,
         proxy,
+        tcp_proxy,
         certs,
     }
 }
 
 fn run(setup: &Setup, with_cert: bool, args: &[&str]) -> Value {
+    run_on(setup, setup.proxy, with_cert, args)
+}
+
+fn run_on(setup: &Setup, port: u16, with_cert: bool, args: &[&str]) -> Value {
     let client = setup.certs.path().join("client");
     let mut cmd = Command::new(LOADGEN);
-    cmd.args(["run", "--target", &format!("127.0.0.1:{}", setup.proxy)])
+    cmd.args(["run", "--target", &format!("127.0.0.1:{port}")])
         .arg("--ca")
         .arg(client.join("ca.crt"));
     if with_cert {
@@ -116,8 +129,8 @@ fn every_scenario_runs_cleanly_through_the_sidecar() {
 #[test]
 fn fixed_rate_sends_exactly_the_scheduled_requests() {
     let setup = setup();
-    // 200 req/s over 4 connections for 0.5 s: each connection is due every
-    // 20 ms from its offset (0, 5, 10, 15 ms), 25 times before the deadline.
+    // 200 req/s over 4 connections for 0.5 s: one request due every 5 ms,
+    // the connections in turn, 100 before the deadline.
     let report = run(
         &setup,
         true,
@@ -134,6 +147,59 @@ fn fixed_rate_sends_exactly_the_scheduled_requests() {
     );
     assert_clean(&report);
     assert_eq!(report["requests"], 100, "{report}");
+    assert!(report["pacing_p99_us"].as_u64().is_some(), "{report}");
+    assert!(
+        report["p999_us"].as_u64() >= report["p99_us"].as_u64(),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_request_budget_sends_exactly_that_many() {
+    let setup = setup();
+    let report = run(
+        &setup,
+        true,
+        &[
+            "--scenario",
+            "keepalive",
+            "--requests",
+            "37",
+            "--connections",
+            "4",
+        ],
+    );
+    assert_clean(&report);
+    assert_eq!(report["requests"], 37, "{report}");
+}
+
+#[test]
+fn the_tcp_scenarios_run_cleanly_through_the_sidecars_tcp_mode() {
+    let setup = setup();
+    for scenario in ["tcp", "tcp-handshake"] {
+        let args = [
+            "--scenario",
+            scenario,
+            "--seconds",
+            "0.3",
+            "--connections",
+            "4",
+        ];
+        let report = run_on(&setup, setup.tcp_proxy, true, &args);
+        assert_eq!(report["scenario"], scenario);
+        assert_clean(&report);
+    }
+    let args = ["--scenario", "tcp-bulk", "--bytes", "20000000"];
+    let report = run_on(&setup, setup.tcp_proxy, true, &args);
+    assert_clean(&report);
+    assert_eq!(report["requests"], 1, "{report}");
+    assert!(
+        report["rate"].as_f64().unwrap_or(0.0) > 0.0,
+        "MB/s: {report}"
+    );
+    // Without a client certificate, no byte reaches the upstream.
+    let report = run_on(&setup, setup.tcp_proxy, false, &args);
+    assert_eq!(report["errors"], 1, "{report}");
 }
 
 #[test]
