@@ -228,6 +228,21 @@ pub enum Budget {
     Requests(u64),
 }
 
+impl Budget {
+    /// Task `i` of `tasks`: until when it runs and how many requests it may
+    /// send (its share of a request budget).
+    fn share(self, start: Instant, i: usize, tasks: usize) -> (Instant, u64) {
+        match self {
+            Budget::Time(d) => (start + d, u64::MAX),
+            Budget::Requests(n) => {
+                let (i, tasks) = (i as u64, tasks as u64);
+                let mine = n / tasks + u64::from(i < n % tasks);
+                (start + Duration::from_secs(86_400), mine)
+            }
+        }
+    }
+}
+
 /// `connections` keep-alive HTTP/1.1 connections, each sending its next
 /// request as soon as the previous answer arrived. Connections are opened
 /// before the clock starts.
@@ -244,16 +259,7 @@ pub async fn keepalive(
         .enumerate()
         .map(|(i, mut sender)| {
             let (target, spec) = (target.clone(), spec.clone());
-            let (deadline, mut left) = match budget {
-                Budget::Time(d) => (start + d, u64::MAX),
-                Budget::Requests(n) => {
-                    let c = connections as u64;
-                    (
-                        start + Duration::from_secs(86_400),
-                        n / c + u64::from((i as u64) < n % c),
-                    )
-                }
-            };
+            let (deadline, mut left) = budget.share(start, i, connections);
             tokio::spawn(async move {
                 let mut tally = Tally::new();
                 while left > 0 && Instant::now() < deadline {
@@ -315,30 +321,30 @@ pub async fn fixed_rate(
     Ok(report)
 }
 
-/// `concurrency` loops that each open a new connection (a full TLS handshake
-/// with client certificate: resumption is off), send one request with
-/// `Connection: close`, read the answer and hang up. The rate is connections
-/// per second; latency covers connect, handshake and the request.
-pub async fn handshakes(
-    target: &Target,
-    spec: &RequestSpec,
+/// `concurrency` tasks that each run `once` again and again within
+/// `budget`, timing every run: the shape of the scenarios in which every
+/// request brings its own connection.
+pub(crate) async fn closed_loops<F, Fut>(
     concurrency: usize,
-    duration: Duration,
-) -> Result<Report, ClientError> {
+    budget: Budget,
+    scenario: &'static str,
+    once: F,
+) -> Report
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let start = Instant::now();
-    let deadline = start + duration;
     let tasks = (0..concurrency)
-        .map(|_| {
-            let (target, spec) = (target.clone(), spec.clone());
+        .map(|i| {
+            let once = once.clone();
+            let (deadline, mut left) = budget.share(start, i, concurrency);
             tokio::spawn(async move {
                 let mut tally = Tally::new();
-                while Instant::now() < deadline {
+                while left > 0 && Instant::now() < deadline {
+                    left -= 1;
                     let t = Instant::now();
-                    let result = match target.http1().await {
-                        Ok(mut sender) => exchange(&mut sender, spec.close.clone()).await,
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match result {
+                    match once().await {
                         Ok(()) => tally.ok(t),
                         Err(e) => tally.error(e),
                     }
@@ -348,11 +354,28 @@ pub async fn handshakes(
         })
         .collect();
     let tallies = join(tasks).await;
-    Ok(Tally::merge(
-        tallies,
-        "handshake",
-        start.elapsed().as_secs_f64(),
-    ))
+    Tally::merge(tallies, scenario, start.elapsed().as_secs_f64())
+}
+
+/// `concurrency` loops that each open a new connection (a full TLS handshake
+/// with client certificate: resumption is off), send one request with
+/// `Connection: close`, read the answer and hang up. The rate is connections
+/// per second; latency covers connect, handshake and the request.
+pub async fn handshakes(
+    target: &Target,
+    spec: &RequestSpec,
+    concurrency: usize,
+    budget: Budget,
+) -> Result<Report, ClientError> {
+    let (target, spec) = (target.clone(), spec.clone());
+    let once = move || {
+        let (target, req) = (target.clone(), spec.close.clone());
+        async move {
+            let mut sender = target.http1().await.map_err(|e| e.to_string())?;
+            exchange(&mut sender, req).await
+        }
+    };
+    Ok(closed_loops(concurrency, budget, "handshake", once).await)
 }
 
 /// `connections` HTTP/2 connections with `streams` requests in flight on

@@ -90,8 +90,8 @@ struct RunArgs {
     /// Bytes of the tcp-bulk transfer.
     #[arg(long, default_value_t = 100_000_000)]
     bytes: u64,
-    /// Keep-alive only: stop after this many requests in all (instead of
-    /// --seconds), for counting instructions per request.
+    /// keepalive and handshake: stop after this many requests in all
+    /// (instead of --seconds), for counting instructions per request.
     #[arg(long)]
     requests: Option<u64>,
 }
@@ -181,18 +181,16 @@ async fn run(args: RunArgs) -> anyhow::Result<load::Report> {
     )
     .context("--path, --server-name and --content-type must form a valid HTTP request")?;
     let duration = Duration::from_secs_f64(args.seconds);
+    let budget = match args.requests {
+        Some(n) => load::Budget::Requests(n),
+        None => load::Budget::Time(duration),
+    };
     let report = match args.scenario {
-        Scenario::Keepalive => {
-            let budget = match args.requests {
-                Some(n) => load::Budget::Requests(n),
-                None => load::Budget::Time(duration),
-            };
-            load::keepalive(&target, &spec, args.connections, budget).await
-        }
+        Scenario::Keepalive => load::keepalive(&target, &spec, args.connections, budget).await,
         Scenario::Rate => {
             load::fixed_rate(&target, &spec, args.connections, args.rate, duration).await
         }
-        Scenario::Handshake => load::handshakes(&target, &spec, args.connections, duration).await,
+        Scenario::Handshake => load::handshakes(&target, &spec, args.connections, budget).await,
         Scenario::H2 => load::http2(&target, &spec, args.connections, args.streams, duration).await,
         Scenario::Tcp => tcp::round_trips(&target, args.connections, duration).await,
         Scenario::TcpHandshake => tcp::handshakes(&target, args.connections, duration).await,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{ClientError, Stream, Target};
-use crate::load::{Report, Tally, join};
+use crate::load::{Budget, Report, Tally, closed_loops, join};
 
 pub const ECHO: u8 = b'e';
 pub const SINK: u8 = b's';
@@ -80,37 +80,18 @@ pub async fn handshakes(
     concurrency: usize,
     duration: Duration,
 ) -> Result<Report, ClientError> {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let tasks = (0..concurrency)
-        .map(|_| {
-            let target = target.clone();
-            tokio::spawn(async move {
-                let mut tally = Tally::new();
-                let mut buf = [0u8; MESSAGE];
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let result = match open_echo(&target).await {
-                        Ok(mut s) => round_trip(&mut s, &mut buf)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match result {
-                        Ok(()) => tally.ok(t),
-                        Err(e) => tally.error(e),
-                    }
-                }
-                tally
-            })
-        })
-        .collect();
-    let tallies = join(tasks).await;
-    Ok(Tally::merge(
-        tallies,
-        "tcp-handshake",
-        start.elapsed().as_secs_f64(),
-    ))
+    let target = target.clone();
+    let once = move || {
+        let target = target.clone();
+        async move {
+            let mut s = open_echo(&target).await.map_err(|e| e.to_string())?;
+            round_trip(&mut s, &mut [0u8; MESSAGE])
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let budget = Budget::Time(duration);
+    Ok(closed_loops(concurrency, budget, "tcp-handshake", once).await)
 }
 
 /// Sends `bytes` on one connection and waits for the upstream to confirm
