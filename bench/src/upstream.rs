@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// What the upstream answers: small, like a health or lookup endpoint.
 pub const BODY: &[u8] = b"hello from the upstream\n";
@@ -31,32 +31,39 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 /// Serves until the process is stopped.
 pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
-    loop {
-        let (tcp, _) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service_fn(answer))
-                .await;
-        });
-    }
+    accept_each(listen, |tcp| async move {
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), service_fn(answer))
+            .await;
+    })
+    .await
 }
 
 /// The L4 scenarios' upstream ([`crate::tcp`]): echo or sink, chosen by the
 /// first byte of each connection. Serves until the process is stopped.
 pub async fn serve_tcp(listen: SocketAddr) -> std::io::Result<()> {
+    accept_each(listen, |tcp| async move {
+        let _ = tcp_connection(tcp).await;
+    })
+    .await
+}
+
+/// Accepts connections on `listen` (Nagle off) and runs `serve` on each in
+/// a task of its own.
+async fn accept_each<F, Fut>(listen: SocketAddr, serve: F) -> std::io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind(listen).await?;
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = tcp_connection(tcp).await;
-        });
+        tokio::spawn(serve(tcp));
     }
 }
 
-async fn tcp_connection(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+async fn tcp_connection(mut tcp: TcpStream) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     match tcp.read_u8().await? {
