@@ -8,6 +8,9 @@
 //! injected pods read back from the API server run in network-namespace pods
 //! through the stand-in kubelet ([`kube_mtls_tests::kubelet`]).
 //!
+//! `kubectl mtls` ([`plugin`]) checks the install, fails on a broken issuer
+//! or a baseline namespace, and reads the workloads back.
+//!
 //! Run it alone with `make cluster-test` (it builds the control plane first).
 
 use std::process::Output;
@@ -18,6 +21,7 @@ use kube_mtls_tests::cluster::{API_IP, Cluster, contained_in, has_condition, rep
 use kube_mtls_tests::kubelet::{RunningPod, run_injected};
 
 mod failure;
+mod plugin;
 mod scenario;
 mod serve;
 
@@ -37,8 +41,14 @@ fn helm_install_annotate_and_serve_mtls_on_a_real_control_plane() {
     step("control plane up; helm install");
     install_chart(&mut c);
     start_webhook(&mut c);
+    step("kubectl mtls check");
+    plugin::check_passes_after_install(&c);
+    plugin::check_fails_when_the_issuer_is_not_ready(&mut c);
+    plugin::check_fails_when_a_namespace_enforces_baseline(&mut c);
     step("workloads");
     let stored = deploy_workloads(&mut c);
+    step("kubectl mtls status and policy");
+    plugin::status_and_policy(&c);
     step("injected pods serve mTLS");
     let (mut orders, front) = run_pods(&c, &stored);
     let orders_ip = serve_mtls(&c, &orders, &front);

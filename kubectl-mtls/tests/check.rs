@@ -1,0 +1,391 @@
+//! `kubectl mtls check` against the mock API server: the chart as installed
+//! passes every check, and each check fails (or warns) with its fix when the
+//! one thing it looks at is broken.
+
+mod common;
+
+use common::{DryRun, Fake, NOW_2030};
+use kube_mtls_tests::certs::{TestCa, Validity};
+use kubectl_mtls::check::{self, Level, Line, Options};
+use serde_json::json;
+
+const MWC: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/kube-mtls";
+const DEPLOY: &str = "/apis/apps/v1/namespaces/kube-mtls/deployments/kube-mtls-webhook";
+const ISSUER: &str = "/apis/cert-manager.io/v1/clusterissuers/kube-mtls-ca";
+const CRD: &str =
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/mtlsprofiles.kube-mtls.io";
+const SERVING: &str =
+    "/apis/cert-manager.io/v1/namespaces/kube-mtls/certificates/kube-mtls-webhook-tls";
+
+fn opts() -> Options {
+    Options {
+        probe_namespace: "default".into(),
+        expiry_warning_secs: 7 * 86_400,
+        now: NOW_2030,
+    }
+}
+
+async fn run(f: Fake) -> Vec<Line> {
+    run_with(f, opts()).await
+}
+
+async fn run_with(f: Fake, o: Options) -> Vec<Line> {
+    check::run(&f.client(), &o).await.expect("the check runs")
+}
+
+fn healthy() -> (Fake, TestCa) {
+    let ca = TestCa::new("webhook CA");
+    (Fake::installed(&ca, Validity::Current), ca)
+}
+
+/// The line whose check starts with `prefix`.
+fn line<'a>(lines: &'a [Line], prefix: &str) -> &'a Line {
+    lines
+        .iter()
+        .find(|l| l.check == prefix)
+        .or_else(|| lines.iter().find(|l| l.check.starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no line {prefix}: {lines:#?}"))
+}
+
+fn assert_line(lines: &[Line], prefix: &str, level: Level, needle: &str) {
+    let l = line(lines, prefix);
+    assert_eq!(l.level, level, "{l:#?}");
+    assert!(l.message.contains(needle), "{needle:?} not in {l:#?}");
+    if level >= Level::Warn {
+        assert!(
+            l.fix.as_deref().is_some_and(|f| !f.is_empty()),
+            "no fix: {l:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_chart_as_installed_passes_every_check() {
+    let (f, _ca) = healthy();
+    let requests = f.requests.clone();
+    let lines = run(f).await;
+    for l in &lines {
+        assert_eq!(l.level, Level::Pass, "{l:#?}");
+    }
+    for prefix in [
+        "api-server",
+        "cert-manager",
+        "issuer ClusterIssuer/kube-mtls-ca",
+        "crd",
+        "webhook replicas",
+        "webhook admission",
+        "ca-bundle namespace.inject.kube-mtls.io",
+        "ca-bundle pod.inject.kube-mtls.io",
+        "serving certificate expiry",
+        "serving certificate",
+        "selectors",
+        "pod-security/web",
+    ] {
+        line(&lines, prefix);
+    }
+    assert!(!check::failed(&lines));
+    assert_line(&lines, "api-server", Level::Pass, "native sidecars");
+    assert_line(
+        &lines,
+        "serving certificate expiry",
+        Level::Pass,
+        "expires in",
+    );
+    let log = requests.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|r| r.starts_with("POST /api/v1/namespaces/default/pods?")
+                && r.contains("dryRun=All")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn before_install_only_the_platform_is_judged() {
+    let lines = run(Fake::empty()).await;
+    assert!(!check::failed(&lines), "{lines:#?}");
+    assert_line(&lines, "cert-manager", Level::Pass, "served");
+    for skipped in ["issuer", "crd", "webhook", "selectors", "pod-security"] {
+        assert_eq!(line(&lines, skipped).level, Level::Skip, "{lines:#?}");
+    }
+}
+
+#[tokio::test]
+async fn an_api_server_without_native_sidecars_warns_and_fails_when_forced() {
+    let (mut f, _ca) = healthy();
+    f.version = ("1".into(), "28".into());
+    assert_line(&run(f.clone()).await, "api-server", Level::Warn, "fallback");
+    f.edit(DEPLOY, |d| {
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array_mut()
+            .unwrap();
+        for a in args.iter_mut() {
+            if a.as_str()
+                .is_some_and(|s| s.starts_with("--native-sidecar="))
+            {
+                *a = json!("--native-sidecar=true");
+            }
+        }
+    });
+    let lines = run(f).await;
+    assert_line(&lines, "api-server", Level::Fail, "never start");
+    assert!(check::failed(&lines));
+}
+
+#[tokio::test]
+async fn without_cert_manager_the_check_fails_and_issuers_are_skipped() {
+    let (mut f, _ca) = healthy();
+    f.cert_manager = false;
+    let lines = run(f).await;
+    assert_line(&lines, "cert-manager", Level::Fail, "not installed");
+    assert_eq!(line(&lines, "issuer").level, Level::Skip);
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_not_ready_fails_with_its_reason() {
+    let (mut f, _ca) = healthy();
+    f.edit(ISSUER, |i| {
+        i["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "ErrGetKeyPair", "message": "secret \"kube-mtls-ca\" not found"}]);
+    });
+    let lines = run(f.clone()).await;
+    assert_line(
+        &lines,
+        "issuer ClusterIssuer/kube-mtls-ca",
+        Level::Fail,
+        "ErrGetKeyPair",
+    );
+    assert!(check::failed(&lines));
+
+    f.remove(ISSUER);
+    assert_line(
+        &run(f).await,
+        "issuer ClusterIssuer/kube-mtls-ca",
+        Level::Fail,
+        "not found",
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_a_profile_names_is_checked_too() {
+    let (mut f, _ca) = healthy();
+    f.put(json!({"apiVersion": "kube-mtls.io/v1alpha1", "kind": "MtlsProfile", "metadata": {"name": "p", "namespace": "web"},
+        "spec": {"issuer": {"kind": "Issuer", "name": "team-ca"}}}));
+    assert_line(
+        &run(f).await,
+        "issuer Issuer/team-ca in web",
+        Level::Fail,
+        "MtlsProfile",
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_unestablished_crd_fails() {
+    let (mut f, _ca) = healthy();
+    f.edit(CRD, |c| {
+        c["status"]["conditions"] = json!([{"type": "Established", "status": "False"}])
+    });
+    assert_line(&run(f.clone()).await, "crd", Level::Fail, "not Established");
+    f.remove(CRD);
+    assert_line(&run(f).await, "crd", Level::Fail, "not installed");
+}
+
+#[tokio::test]
+async fn webhook_replicas_that_are_not_ready_warn() {
+    let (mut f, _ca) = healthy();
+    f.edit(DEPLOY, |d| d["status"]["readyReplicas"] = json!(0));
+    assert_line(
+        &run(f).await,
+        "webhook replicas",
+        Level::Warn,
+        "0 of 2 replicas ready",
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_does_not_inject_fails_the_admission_check() {
+    let (mut f, _ca) = healthy();
+    f.dry_run = DryRun::Refuse("Internal error occurred: failed calling webhook \"namespace.inject.kube-mtls.io\": connection refused".into());
+    assert_line(
+        &run(f.clone()).await,
+        "webhook admission",
+        Level::Fail,
+        "failed calling webhook",
+    );
+    f.dry_run = DryRun::Plain;
+    assert_line(
+        &run(f).await,
+        "webhook admission",
+        Level::Fail,
+        "without the sidecar",
+    );
+}
+
+#[tokio::test]
+async fn a_missing_webhook_deployment_fails() {
+    let (mut f, _ca) = healthy();
+    f.remove(DEPLOY);
+    assert_line(&run(f).await, "webhook", Level::Fail, "no Deployment");
+}
+
+#[tokio::test]
+async fn a_ca_bundle_that_is_empty_or_from_another_ca_fails() {
+    let (mut f, _ca) = healthy();
+    f.edit(MWC, |h| {
+        for w in h["webhooks"].as_array_mut().unwrap() {
+            w["clientConfig"]
+                .as_object_mut()
+                .unwrap()
+                .remove("caBundle");
+        }
+    });
+    assert_line(
+        &run(f.clone()).await,
+        "ca-bundle namespace.inject",
+        Level::Fail,
+        "caBundle is empty",
+    );
+    f.set_ca_bundle(&TestCa::new("another CA").cert_pem);
+    let lines = run(f).await;
+    assert_line(
+        &lines,
+        "ca-bundle pod.inject",
+        Level::Fail,
+        "does not verify",
+    );
+    assert!(
+        line(&lines, "ca-bundle pod.inject")
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("cainjector")
+    );
+}
+
+#[tokio::test]
+async fn a_serving_certificate_for_another_name_fails() {
+    let ca = TestCa::new("webhook CA");
+    let mut f = Fake::installed(&ca, Validity::Current);
+    let other = common::issued(&ca, "elsewhere.kube-mtls.svc", Validity::Current);
+    f.edit(
+        "/api/v1/namespaces/kube-mtls/secrets/kube-mtls-webhook-tls",
+        |s| {
+            s["data"]["tls.crt"] = json!(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                &other.cert_pem
+            ));
+        },
+    );
+    assert_line(
+        &run(f).await,
+        "ca-bundle namespace.inject",
+        Level::Fail,
+        "not valid for kube-mtls-webhook.kube-mtls.svc",
+    );
+}
+
+#[tokio::test]
+async fn serving_certificate_expiry_warns_when_close_and_fails_when_past() {
+    let (f, _ca) = healthy();
+    // The test CA's leaves are valid until 2090: judge them just before and after.
+    let end = 3_786_912_000; // 2090-01-01
+    let mut o = opts();
+    o.now = end - 3 * 86_400;
+    let lines = run_with(f.clone(), o.clone()).await;
+    let l = line(&lines, "serving certificate expiry");
+    assert!(
+        l.level == Level::Warn && l.message.contains("expires in"),
+        "{l:#?}"
+    );
+    o.now = end + 86_400 * 400;
+    assert_line(
+        &run_with(f, o).await,
+        "serving certificate expiry",
+        Level::Fail,
+        "expired",
+    );
+}
+
+#[tokio::test]
+async fn a_serving_certificate_that_cert_manager_has_not_issued_fails() {
+    let (mut f, _ca) = healthy();
+    f.edit(SERVING, |c| c["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "Pending", "message": "issuing"}]));
+    assert_line(
+        &run(f).await,
+        "serving certificate",
+        Level::Fail,
+        "not Ready: issuing (Pending)",
+    );
+}
+
+#[tokio::test]
+async fn selectors_that_send_the_webhooks_own_namespace_or_skip_opted_in_ones_are_reported() {
+    let (mut f, _ca) = healthy();
+    f.edit(MWC, |h| {
+        for w in h["webhooks"].as_array_mut().unwrap() {
+            w["namespaceSelector"]["matchExpressions"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|e| e["key"] != "kubernetes.io/metadata.name");
+        }
+    });
+    let lines = run(f.clone()).await;
+    assert!(
+        lines.iter().any(|l| l.check == "selectors"
+            && l.level == Level::Fail
+            && l.message.contains("own namespace kube-mtls")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.check == "selectors"
+            && l.level == Level::Warn
+            && l.message.contains("kube-system")),
+        "{lines:#?}"
+    );
+
+    let (mut f, _ca) = healthy();
+    f.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cert-manager", "labels": {"kube-mtls.io/inject": "enabled"}}}));
+    let lines = run(f).await;
+    assert!(
+        lines.iter().any(|l| l.check == "selectors"
+            && l.level == Level::Warn
+            && l.message.contains("namespace cert-manager opted in")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn namespaces_whose_pod_security_refuses_net_admin_fail_before_pods_do() {
+    for (labels, level, needle) in [
+        (
+            json!({"pod-security.kubernetes.io/enforce": "baseline"}),
+            Level::Fail,
+            "enforces Pod Security baseline",
+        ),
+        (
+            json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+            Level::Fail,
+            "NET_ADMIN",
+        ),
+        (
+            json!({"pod-security.kubernetes.io/enforce": "privileged", "pod-security.kubernetes.io/warn": "baseline"}),
+            Level::Warn,
+            "warn=baseline",
+        ),
+        (
+            json!({"pod-security.kubernetes.io/enforce": "privileged"}),
+            Level::Pass,
+            "privileged",
+        ),
+    ] {
+        let (mut f, _ca) = healthy();
+        // Opted in by a pod's label rather than the namespace's.
+        let mut l = labels.clone();
+        l["kubernetes.io/metadata.name"] = json!("shop");
+        f.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": l}}));
+        f.put(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"kube-mtls.io/inject": "enabled"}},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}}));
+        let lines = run(f).await;
+        assert_line(&lines, "pod-security/shop", level, needle);
+        assert_eq!(check::failed(&lines), level == Level::Fail, "{labels}");
+    }
+}
