@@ -25,6 +25,38 @@ struct Direction {
     direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+/// The connection counters of one direction (`inbound` or `outbound`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// `kube_mtls_sidecar_connections_total{direction}`.
+    pub accepted: Counter,
+    /// `kube_mtls_sidecar_active_connections{direction}`.
+    pub active: Gauge,
+}
+
+impl ConnMetrics {
+    /// Counts a connection accepted and open until the guard is dropped.
+    pub fn open(&self) -> OpenConn {
+        self.accepted.inc();
+        self.active.inc();
+        OpenConn(self.active.clone())
+    }
+}
+
+/// One open connection in `active_connections`; see [`ConnMetrics::open`].
+pub struct OpenConn(Gauge);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Why a connection or request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -129,12 +161,42 @@ fn register_request_outcomes(registry: &mut Registry) -> (Counter, Vec<Counter>)
     (upstream_timeouts, client_errors)
 }
 
+/// Connections accepted and open now, by direction.
+fn register_connections(registry: &mut Registry) -> (ConnMetrics, ConnMetrics) {
+    let accepted = Family::<Direction, Counter>::default();
+    registry.register(
+        "connections",
+        "Connections accepted, by direction (inbound: from callers; outbound: from the app)",
+        accepted.clone(),
+    );
+    let active = Family::<Direction, Gauge>::default();
+    registry.register(
+        "active_connections",
+        "Connections open now, by direction",
+        active.clone(),
+    );
+    let of = |direction: &str| {
+        let label = Direction {
+            direction: direction.into(),
+        };
+        ConnMetrics {
+            accepted: accepted.get_or_create(&label).clone(),
+            active: active.get_or_create(&label).clone(),
+        }
+    };
+    (of("inbound"), of("outbound"))
+}
+
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
     pub requests: Counter,
-    pub connections: Counter,
-    pub active_connections: Gauge,
+    /// Connections from callers (the inbound and direct listeners).
+    pub inbound: ConnMetrics,
+    /// Connections from the app (the outbound listener).
+    pub outbound: ConnMetrics,
+    /// Failed accepts by listener, resolved by [`Metrics::accept_errors`].
+    accept_errors: Family<ListenerLabel, Counter>,
     pub handshakes_ok: Counter,
     refusals: Vec<Counter>,
     pub upstream_errors: Counter,
@@ -161,13 +223,12 @@ impl Metrics {
             "HTTP requests forwarded to the app",
             requests.clone(),
         );
-        let connections = Counter::default();
-        registry.register("connections", "Connections accepted", connections.clone());
-        let active_connections = Gauge::default();
+        let (inbound, outbound) = register_connections(&mut registry);
+        let accept_errors = Family::<ListenerLabel, Counter>::default();
         registry.register(
-            "active_connections",
-            "Connections open now",
-            active_connections.clone(),
+            "accept_errors",
+            "Failed accepts (e.g. out of file descriptors), by listener; the listener backs off and retries",
+            accept_errors.clone(),
         );
         let handshakes = Family::<Result_, Counter>::default();
         registry.register(
@@ -238,8 +299,9 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            connections,
-            active_connections,
+            inbound,
+            outbound,
+            accept_errors,
             handshakes_ok,
             refusals,
             upstream_errors,
@@ -250,6 +312,16 @@ impl Metrics {
             cert_reload_ok,
             cert_reload_refused,
         }
+    }
+
+    /// The failed-accept counter of one listener (`inbound`, `listen`,
+    /// `outbound`, `admin`), taken once when the listener is set up.
+    pub fn accept_errors(&self, listener: &str) -> Counter {
+        self.accept_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.into(),
+            })
+            .clone()
     }
 
     pub fn refused(&self, reason: Refusal) {

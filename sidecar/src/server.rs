@@ -13,8 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Shared, Target, Upstream};
+use crate::proxy::{self, Target};
+use crate::shared::{Shared, Upstream};
 use crate::tls::{self, TlsStore};
 
 /// Why the sidecar could not start.
@@ -89,14 +91,14 @@ pub async fn run(
         listeners_up: AtomicBool::new(false),
     });
 
-    let mut listeners: Vec<(TcpListener, Target)> = Vec::new();
+    let mut listeners: Vec<(Listener, Target)> = Vec::new();
     let mut accept_tasks_outbound = Vec::new();
     for l in bind_all("inbound-port", cfg.inbound_port)? {
-        listeners.push((l, Target::Redirected));
+        listeners.push((Listener::new(l, "inbound", &metrics), Target::Redirected));
     }
     for (listen, app) in &cfg.listen {
         for l in bind_all("listen", *listen)? {
-            listeners.push((l, Target::Fixed(*app)));
+            listeners.push((Listener::new(l, "listen", &metrics), Target::Fixed(*app)));
         }
     }
     if cfg.outbound_port != 0 {
@@ -109,13 +111,16 @@ pub async fn run(
         })?;
         let client = crate::outbound::client(store.clone());
         accept_tasks_outbound.push(tokio::spawn(crate::outbound::accept_loop(
-            listener,
+            Listener::new(listener, "outbound", &metrics),
             shared.clone(),
             client,
         )));
     }
     for l in bind_all("admin-port", cfg.admin_port)? {
-        tokio::spawn(admin::serve(l, admin.clone()));
+        tokio::spawn(admin::serve(
+            Listener::new(l, "admin", &metrics),
+            admin.clone(),
+        ));
     }
 
     let mut accept_tasks = Vec::new();
