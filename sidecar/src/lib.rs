@@ -8,6 +8,7 @@
 //!   bodies, the pooled connections to the app).
 //! - [`listener`]: the accept loop with back-off every listener uses.
 //! - [`proxy`]: the inbound path, HTTP and TCP.
+//! - [`permissive`]: permissive mode's plaintext detection and logging.
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
 //! - [`conn`]: serving HTTP on one connection, for both directions.
 //! - [`rewrite`]: the request rewrite both directions share.
@@ -29,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
+pub mod permissive;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;

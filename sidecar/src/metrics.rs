@@ -4,6 +4,9 @@
 //! handles: incrementing one on the hot path is a single atomic add, with no
 //! label hashing and no lock.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +31,59 @@ struct Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabel {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabel {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+    policy: String,
+}
+
+/// Distinct identities `would_deny` keeps a series for; callers beyond these
+/// are counted under `identity="other"` (their identity is in the log).
+const MAX_WOULD_DENY_IDENTITIES: usize = 100;
+
+/// The metrics of permissive and audit modes.
+#[derive(Default)]
+struct ModeMetrics {
+    /// `plaintext_connections_total{port}`.
+    plaintext: Family<PortLabel, Counter>,
+    /// `would_deny_total{identity}`.
+    would_deny: Family<IdentityLabel, Counter>,
+    /// The identities `would_deny` has a series for, to bound them.
+    would_deny_seen: Mutex<HashSet<String>>,
+    /// `mode_info{mode,policy} 1`.
+    info: Family<ModeLabels, Gauge>,
+}
+
+impl ModeMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plaintext_connections",
+            "Inbound connections served without TLS (permissive mode), by app port",
+            self.plaintext.clone(),
+        );
+        registry.register(
+            "would_deny",
+            "Requests (connections on TCP ports) from authenticated callers not on the allow-list, let through by --policy audit, by caller identity",
+            self.would_deny.clone(),
+        );
+        registry.register(
+            "mode_info",
+            "Always 1; the labels say whether plaintext callers are let in (mode: strict or permissive) and whether the allow-list refuses (policy: enforce or audit)",
+            self.info.clone(),
+        );
+    }
 }
 
 /// The connection counters of one direction (`inbound` or `outbound`).
@@ -197,6 +253,8 @@ pub struct Metrics {
     pub outbound: ConnMetrics,
     /// Failed accepts by listener, resolved by [`Metrics::accept_errors`].
     accept_errors: Family<ListenerLabel, Counter>,
+    /// Permissive and audit modes.
+    modes: ModeMetrics,
     pub handshakes_ok: Counter,
     refusals: Vec<Counter>,
     pub upstream_errors: Counter,
@@ -274,6 +332,8 @@ impl Metrics {
             })
             .clone();
         let (upstream_timeouts, client_errors) = register_request_outcomes(&mut registry);
+        let modes = ModeMetrics::default();
+        modes.register(&mut registry);
         let cert_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -302,6 +362,7 @@ impl Metrics {
             inbound,
             outbound,
             accept_errors,
+            modes,
             handshakes_ok,
             refusals,
             upstream_errors,
@@ -320,6 +381,49 @@ impl Metrics {
         self.accept_errors
             .get_or_create(&ListenerLabel {
                 listener: listener.into(),
+            })
+            .clone()
+    }
+
+    /// Says which mode and policy the sidecar runs with (`mode_info`).
+    pub fn set_modes(&self, mode: &str, policy: &str) {
+        self.modes.info.clear();
+        self.modes
+            .info
+            .get_or_create(&ModeLabels {
+                mode: mode.into(),
+                policy: policy.into(),
+            })
+            .set(1);
+    }
+
+    /// Counts a plaintext connection to `port` (permissive mode).
+    pub fn plaintext_connection(&self, port: u16) {
+        self.modes
+            .plaintext
+            .get_or_create(&PortLabel {
+                port: port.to_string(),
+            })
+            .inc();
+    }
+
+    /// The `would_deny` counter for a caller, taken once per connection.
+    pub fn would_deny(&self, identity: &str) -> Counter {
+        let mut seen = self
+            .modes
+            .would_deny_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let label = if seen.contains(identity) || seen.len() < MAX_WOULD_DENY_IDENTITIES {
+            seen.insert(identity.to_owned());
+            identity
+        } else {
+            "other"
+        };
+        self.modes
+            .would_deny
+            .get_or_create(&IdentityLabel {
+                identity: label.into(),
             })
             .clone()
     }

@@ -7,11 +7,16 @@
 //!    `--max-handshakes-per-source` per client address; see [`crate::limits`]);
 //! 2. an app port: the original destination of a redirected connection, or the
 //!    fixed app port of a direct listener; never one of the sidecar's own ports;
-//! 3. the mTLS handshake, within `--handshake-timeout`, which verifies the chain,
+//! 3. in `--mode permissive` only, on HTTP ports only: the first byte, which
+//!    sends a connection that does not start TLS down the plaintext path, with
+//!    no identity (see [`crate::permissive`]);
+//! 4. the mTLS handshake, within `--handshake-timeout`, which verifies the chain,
 //!    validity and clientAuth usage of the client certificate;
-//! 4. a connection slot (bounded by `--max-connections`), taken in exchange
-//!    for the handshake permit;
-//! 5. the allow-list, decided once for the connection.
+//! 5. a connection slot (bounded by `--max-connections`), taken in exchange
+//!    for the handshake permit (plaintext connections take one too);
+//! 6. the allow-list, decided once for the connection; with `--policy audit`
+//!    a caller not on it is let through and counted as `would_deny`, but only
+//!    once it has passed 4: an unauthenticated caller never gets through.
 //!
 //! Each connection logs inside an `inbound` span carrying the client, the app
 //! port and, once known, the caller's identity.
@@ -26,13 +31,16 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::body::{ClientBody, ClientBodyState, InFlightBody};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, MtlsMode, Policy};
 use crate::conn::serve_http;
 use crate::headers;
 use crate::identity::PeerIdentity;
@@ -40,6 +48,7 @@ use crate::io::{IdleTimeout, InFlight, Linger};
 use crate::limits::HandshakePermit;
 use crate::listener::Listener;
 use crate::metrics::Refusal;
+use crate::permissive::{self, Opening};
 use crate::rewrite::retarget;
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
@@ -127,12 +136,56 @@ fn classify(e: &std::io::Error) -> Refusal {
     }
 }
 
+/// What the allow-list (and `--policy`) made of an authenticated caller.
+#[derive(Clone)]
+pub enum Verdict {
+    /// On the allow-list.
+    Allowed,
+    /// Not on it, and `--policy enforce`: refused.
+    Refused,
+    /// Not on it, but `--policy audit`: let through and counted here.
+    WouldDeny(Counter),
+}
+
+/// Who is calling on a connection.
+pub enum Caller {
+    /// Passed the mTLS handshake with a verified client certificate.
+    Mtls {
+        /// The caller's SPIFFE ID (or other name), for the 403 body.
+        identity: String,
+        /// The XFCC value, built once: the certificate cannot change.
+        xfcc: HeaderValue,
+        verdict: Verdict,
+    },
+    /// Permissive mode: no TLS, so no identity, and none may be claimed.
+    Plaintext,
+}
+
 /// A connection that passed the handshake: who is calling, and may they.
 struct Authenticated {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// Hex SHA-256 of the client certificate, for XFCC's `Hash`.
     cert_hash: String,
-    allowed: bool,
+    verdict: Verdict,
+}
+
+/// The allow-list's answer for `peer`, as `--policy` applies it.
+fn judge(peer: &PeerIdentity, shared: &Shared) -> Verdict {
+    let Err(reason) = shared.cfg.allow.authorize(peer) else {
+        tracing::debug!("caller accepted");
+        return Verdict::Allowed;
+    };
+    match shared.cfg.policy {
+        Policy::Enforce => {
+            tracing::warn!(%reason, "caller refused");
+            Verdict::Refused
+        }
+        Policy::Audit => {
+            tracing::warn!(%reason, "would_deny: caller let through by --policy audit");
+            Verdict::WouldDeny(shared.metrics.would_deny(&peer.display_name()))
+        }
+    }
 }
 
 /// The mTLS handshake within `--handshake-timeout`, then the allow-list.
@@ -176,22 +229,13 @@ async fn authenticate(
             return None;
         }
     };
-    tracing::Span::current().record("identity", peer.display_name());
-    let allowed = match shared.cfg.allow.authorize(&peer) {
-        Err(reason) => {
-            tracing::warn!(%reason, "caller refused");
-            false
-        }
-        Ok(()) => {
-            tracing::debug!("caller accepted");
-            true
-        }
-    };
+    tracing::Span::current().record("identity", tracing::field::display(peer.display_name()));
+    let verdict = judge(&peer, shared);
     Some(Authenticated {
         stream,
         peer,
         cert_hash,
-        allowed,
+        verdict,
     })
 }
 
@@ -213,47 +257,121 @@ async fn handle(
     };
     tracing::Span::current().record("port", port);
     let _ = stream.set_nodelay(true);
-    let mode = cfg.mode(port);
+    let conn = Accepted {
+        stream,
+        client,
+        handshake,
+        port,
+        mode: cfg.mode(port),
+    };
+    // TCP ports are never sniffed: they stay mTLS-only (see crate::permissive).
+    if cfg.mtls_mode == MtlsMode::Permissive && conn.mode != Mode::Tcp {
+        match permissive::detect(&conn.stream, cfg.detect_timeout).await {
+            Ok(Opening::Tls) => {}
+            Ok(Opening::Plaintext) => return serve_plaintext(conn, shared).await,
+            Ok(Opening::Closed) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed before its first byte");
+                return;
+            }
+        }
+    }
+    serve_mtls(conn, shared).await;
+}
+
+/// An inbound connection with its app port, before TLS or plaintext is known.
+struct Accepted {
+    stream: TcpStream,
+    client: SocketAddr,
+    /// Held until the connection has a slot (or is refused).
+    handshake: HandshakePermit,
+    port: u16,
+    mode: Mode,
+}
+
+/// A connection slot (`--max-connections`) for a connection that got past
+/// the handshake, or `None` (counted and logged) when there is none.
+fn take_slot(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    let slot = shared.slots.clone().try_acquire_owned().ok();
+    if slot.is_none() {
+        shared.metrics.refused(Refusal::ConnectionLimit);
+        tracing::warn!(
+            limit = shared.cfg.max_connections,
+            "connection refused: too many open connections"
+        );
+    }
+    slot
+}
+
+/// The mTLS path: handshake, allow-list, then TCP or HTTP to the app.
+async fn serve_mtls(conn: Accepted, shared: &Arc<Shared>) {
+    let cfg = &shared.cfg;
     let tls = shared.tls.current();
-    let acceptor = TlsAcceptor::from(if mode == Mode::Tcp {
+    let acceptor = TlsAcceptor::from(if conn.mode == Mode::Tcp {
         tls.tcp.clone()
     } else {
         tls.http.clone()
     });
-    let Some(conn) = authenticate(stream, acceptor, shared).await else {
+    let Some(auth) = authenticate(conn.stream, acceptor, shared).await else {
         return;
     };
-    drop(handshake);
-    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
-        shared.metrics.refused(Refusal::ConnectionLimit);
-        tracing::warn!(
-            limit = cfg.max_connections,
-            "connection refused: too many open connections"
-        );
+    drop(conn.handshake);
+    let Some(_slot) = take_slot(shared) else {
         return;
     };
     let in_flight = InFlight::default();
-    let io = IdleTimeout::new(conn.stream, cfg.idle_timeout, in_flight.clone());
-    if mode == Mode::Tcp {
-        // Refused on a TCP port: the connection is the request, counted once here.
-        if !conn.allowed {
-            shared.metrics.refused(Refusal::NotAllowed);
-            return;
+    let io = IdleTimeout::new(auth.stream, cfg.idle_timeout, in_flight.clone());
+    if conn.mode == Mode::Tcp {
+        // On a TCP port the connection is the request, counted once here.
+        match &auth.verdict {
+            Verdict::Refused => return shared.metrics.refused(Refusal::NotAllowed),
+            Verdict::WouldDeny(counter) => {
+                counter.inc();
+            }
+            Verdict::Allowed => {}
         }
-        tcp_copy(io, port, shared).await;
+        tcp_copy(io, conn.port, shared).await;
         return;
     }
-    let ctx = Arc::new(ConnCtx {
-        port,
-        h2_upstream: mode == Mode::Http2,
-        allowed: conn.allowed,
-        identity: conn.peer.display_name(),
-        xfcc: headers::xfcc_value(&tls.own, &conn.peer, &conn.cert_hash),
-        client_ip: HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown")),
+    let caller = Caller::Mtls {
+        identity: auth.peer.display_name(),
+        xfcc: headers::xfcc_value(&tls.own, &auth.peer, &auth.cert_hash),
+        verdict: auth.verdict,
+    };
+    let ctx = ConnCtx::new(conn.client, conn.port, conn.mode, caller, in_flight, shared);
+    serve_http(
+        TokioIo::new(Linger::new(io)),
+        move |req| forward(req, ctx.clone()),
+        shared,
+    )
+    .await;
+}
+
+/// Permissive mode's plaintext path: counted, logged once per source a
+/// minute, and served as HTTP without any identity.
+async fn serve_plaintext(conn: Accepted, shared: &Arc<Shared>) {
+    drop(conn.handshake);
+    let Some(_slot) = take_slot(shared) else {
+        return;
+    };
+    shared.metrics.plaintext_connection(conn.port);
+    let source = conn.client.ip();
+    if shared.plaintext_log.should_log(source, Instant::now()) {
+        tracing::info!(
+            source = %source,
+            "plaintext connection (permissive mode): this caller does not use mTLS; logged once per source address per minute"
+        );
+    }
+    let in_flight = InFlight::default();
+    let io = IdleTimeout::new(conn.stream, shared.cfg.idle_timeout, in_flight.clone());
+    let ctx = ConnCtx::new(
+        conn.client,
+        conn.port,
+        conn.mode,
+        Caller::Plaintext,
         in_flight,
-        shared: shared.clone(),
-    });
+        shared,
+    );
     serve_http(
         TokioIo::new(Linger::new(io)),
         move |req| forward(req, ctx.clone()),
@@ -264,26 +382,59 @@ async fn handle(
 
 /// Per-connection facts every request on it shares.
 pub struct ConnCtx {
+    /// The app port on 127.0.0.1 requests go to.
     pub port: u16,
+    /// The app speaks HTTP/2 cleartext (`--h2-ports`).
     pub h2_upstream: bool,
-    pub allowed: bool,
-    pub identity: String,
-    pub xfcc: HeaderValue,
+    pub caller: Caller,
+    /// The client's address, for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
     /// Requests in progress, which keep the idle timeout at bay.
     pub in_flight: InFlight,
     pub shared: Arc<Shared>,
 }
 
+impl ConnCtx {
+    fn new(
+        client: SocketAddr,
+        port: u16,
+        mode: Mode,
+        caller: Caller,
+        in_flight: InFlight,
+        shared: &Arc<Shared>,
+    ) -> Arc<Self> {
+        Arc::new(ConnCtx {
+            port,
+            h2_upstream: mode == Mode::Http2,
+            caller,
+            client_ip: HeaderValue::from_str(&client.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            in_flight,
+            shared: shared.clone(),
+        })
+    }
+}
+
 async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<Body>, Infallible> {
     let shared = &ctx.shared;
-    if !ctx.allowed {
-        // Counted per request: on an HTTP port each request is refused.
-        shared.metrics.refused(Refusal::NotAllowed);
-        return Ok(text(
-            StatusCode::FORBIDDEN,
-            &format!("forbidden: {} may not call this service\n", ctx.identity),
-        ));
+    if let Caller::Mtls {
+        identity, verdict, ..
+    } = &ctx.caller
+    {
+        match verdict {
+            Verdict::Allowed => {}
+            // Counted per request: on an HTTP port each request is judged.
+            Verdict::WouldDeny(counter) => {
+                counter.inc();
+            }
+            Verdict::Refused => {
+                shared.metrics.refused(Refusal::NotAllowed);
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    &format!("forbidden: {identity} may not call this service\n"),
+                ));
+            }
+        }
     }
     // HTTP/1.1 heads are held to the limit by hyper itself.
     if req.version() == Version::HTTP_2 && headers::list_size(&req) > shared.cfg.max_header_size {
@@ -341,7 +492,12 @@ fn upstream_request(
         tracing::debug!(error = %e, "request refused");
         return None;
     }
-    headers::set_forwarding(req.headers_mut(), &ctx.xfcc, &ctx.client_ip);
+    match &ctx.caller {
+        Caller::Mtls { xfcc, .. } => {
+            headers::set_forwarding(req.headers_mut(), xfcc, &ctx.client_ip)
+        }
+        Caller::Plaintext => headers::set_plaintext_forwarding(req.headers_mut(), &ctx.client_ip),
+    }
     Some(req.map(|b| ClientBody::new(b, body_state.clone()).boxed()))
 }
 

@@ -13,8 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::config::{MtlsMode, Policy};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::permissive::PlaintextLog;
 use crate::proxy::{self, Target};
 use crate::shared::{Shared, Upstream};
 use crate::tls::{self, TlsStore};
@@ -61,6 +63,21 @@ fn bind_all(flag: &'static str, port: u16) -> Result<Vec<TcpListener>, StartErro
     Ok(out)
 }
 
+/// Says loudly, at start-up, that a mode or policy lets callers through.
+fn warn_of_open_modes(cfg: &Config) {
+    if cfg.mtls_mode == MtlsMode::Permissive {
+        tracing::warn!(
+            detect_timeout = ?cfg.detect_timeout,
+            "--mode permissive: callers without TLS reach the app as plaintext (without identity headers) on HTTP ports; switch to strict once plaintext_connections_total stops growing"
+        );
+    }
+    if cfg.policy == Policy::Audit {
+        tracing::warn!(
+            "--policy audit: authenticated callers not on the allow-list are let through and counted as would_deny"
+        );
+    }
+}
+
 /// Runs the sidecar until `shutdown_signal` completes, then drains.
 pub async fn run(
     cfg: Config,
@@ -71,6 +88,7 @@ pub async fn run(
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
     metrics.cert_expiry.set(store.current().not_after);
+    metrics.set_modes(cfg.mtls_mode.as_str(), cfg.policy.as_str());
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -85,6 +103,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         draining: AtomicBool::new(false),
+        plaintext_log: PlaintextLog::default(),
     });
     let admin = Arc::new(Admin {
         shared: shared.clone(),
@@ -137,8 +156,11 @@ pub async fn run(
         inbound_port = cfg.inbound_port,
         admin_port = cfg.admin_port,
         identity = %store.current().own.display_name(),
+        mode = cfg.mtls_mode.as_str(),
+        policy = cfg.policy.as_str(),
         "kube-mtls-sidecar ready"
     );
+    warn_of_open_modes(&cfg);
 
     shutdown_signal.await;
     tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining connections");

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::limits::HandshakeGate;
 use crate::metrics::Metrics;
+use crate::permissive::PlaintextLog;
 use crate::tls::TlsStore;
 
 /// The body of every request and response the sidecar passes on or makes.
@@ -97,6 +98,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Set on SIGTERM, so that `/ready` answers 503 while connections drain.
     pub draining: AtomicBool,
+    /// Which plaintext callers were logged lately (permissive mode).
+    pub plaintext_log: PlaintextLog,
 }
 
 impl Shared {
