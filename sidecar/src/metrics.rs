@@ -44,6 +44,11 @@ struct IdentityLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SerialLabel {
+    serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabels {
     mode: String,
     policy: String,
@@ -262,6 +267,8 @@ pub struct Metrics {
     pub upstream_timeouts: Counter,
     client_errors: Vec<Counter>,
     pub cert_expiry: Gauge,
+    /// `certificate_info{serial} 1`: one series, for the certificate served now.
+    cert_info: Family<SerialLabel, Gauge>,
     pub cert_reload_ok: Counter,
     pub cert_reload_refused: Counter,
 }
@@ -340,6 +347,12 @@ impl Metrics {
             "When the served chain (tls.crt) stops being valid: the earliest not_after of its certificates, seconds since the epoch",
             cert_expiry.clone(),
         );
+        let cert_info = Family::<SerialLabel, Gauge>::default();
+        registry.register(
+            "certificate_info",
+            "Always 1; the serial label is the serial number (hex, as openssl x509 -serial prints it) of the certificate served now, replaced on rotation",
+            cert_info.clone(),
+        );
         let reloads = Family::<Result_, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -370,6 +383,7 @@ impl Metrics {
             upstream_timeouts,
             client_errors,
             cert_expiry,
+            cert_info,
             cert_reload_ok,
             cert_reload_refused,
         }
@@ -383,6 +397,17 @@ impl Metrics {
                 listener: listener.into(),
             })
             .clone()
+    }
+
+    /// Says which certificate is served now (`certificate_info`), replacing
+    /// the one served before.
+    pub fn set_certificate(&self, serial: &str) {
+        self.cert_info.clear();
+        self.cert_info
+            .get_or_create(&SerialLabel {
+                serial: serial.into(),
+            })
+            .set(1);
     }
 
     /// Says which mode and policy the sidecar runs with (`mode_info`).

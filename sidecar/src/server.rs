@@ -88,6 +88,7 @@ pub async fn run(
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
     metrics.cert_expiry.set(store.current().not_after);
+    metrics.set_certificate(&store.current().serial);
     metrics.set_modes(cfg.mtls_mode.as_str(), cfg.policy.as_str());
 
     let shared = Arc::new(Shared {
