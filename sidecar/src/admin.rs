@@ -18,10 +18,12 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{GrpcProbe, HttpGetProbe, ProbeTarget};
-use crate::proxy::{Body, Shared, text};
+use crate::listener::Listener;
+use crate::shared::{Body, Shared, text};
 
 /// Time allowed for one probe of the app; kubelet applies its own timeout on top.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,19 +52,20 @@ impl Admin {
 
 /// Serves the admin port until the process exits (it stays up while draining,
 /// so `/ready` can say 503).
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| route(req, admin.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub async fn serve(listener: Listener, admin: Arc<Admin>) {
+    // Never cancelled: the admin port outlives the drain.
+    let never = CancellationToken::new();
+    listener
+        .run(never, |stream, _| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| route(req, admin.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        })
+        .await;
 }
 
 async fn route(req: Request<Incoming>, admin: Arc<Admin>) -> Result<Response<Body>, Infallible> {

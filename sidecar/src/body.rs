@@ -1,10 +1,10 @@
-//! Request and response bodies as the inbound proxy passes them on.
+//! Request and response bodies as the proxy passes them on.
 //!
 //! - [`ClientBody`] remembers whether the client's request body failed (bad
 //!   chunked framing, a reset, a disconnect), so that a forwarding failure it
 //!   caused is answered 400 and counted as the client's error, not the app's.
 //! - [`InFlightBody`] keeps its request "in progress" for the idle timeout
-//!   until the response has been sent in full.
+//!   until the response has been sent in full, inbound and outbound.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -132,6 +132,64 @@ pub struct Args {
     /// Log filter, e.g. `info` or `kube_mtls_sidecar=debug`.
     #[arg(long, env = "KUBE_MTLS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    // Permissive and audit modes (the `kube-mtls.io/mode` and
+    // `kube-mtls.io/policy` annotations); see `crate::permissive`.
+    /// `strict`: every inbound connection must be mTLS. `permissive`: on HTTP
+    /// ports a connection that does not open with a TLS ClientHello is passed
+    /// to the app as plaintext, with every identity header removed; TLS still
+    /// needs a valid client certificate, and ports in --tcp-ports stay mTLS-only.
+    #[arg(long, env = "KUBE_MTLS_MODE", value_enum, default_value_t = MtlsMode::Strict)]
+    pub mode: MtlsMode,
+
+    /// `enforce`: callers not on --allowed-clients are refused. `audit`: they
+    /// are let through, logged and counted as would_deny; a caller without a
+    /// valid client certificate is refused either way.
+    #[arg(long, env = "KUBE_MTLS_POLICY", value_enum, default_value_t = Policy::Enforce)]
+    pub policy: Policy,
+
+    /// In permissive mode, how long to wait for a connection's first byte
+    /// before taking it for plaintext. TLS clients speak first, so this only
+    /// delays clients that wait for the server; ports in --tcp-ports are never
+    /// delayed.
+    #[arg(long, env = "KUBE_MTLS_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+}
+
+/// Whether inbound connections must be mTLS (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MtlsMode {
+    /// Every inbound connection must be mTLS.
+    Strict,
+    /// Plaintext callers are let in on HTTP ports, without any identity.
+    Permissive,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "strict",
+            MtlsMode::Permissive => "permissive",
+        }
+    }
+}
+
+/// What happens to an authenticated caller not on the allow-list (`--policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Refused.
+    Enforce,
+    /// Let through, logged and counted as would_deny.
+    Audit,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Enforce => "enforce",
+            Policy::Audit => "audit",
+        }
+    }
 }
 
 /// A setting that cannot be used, with the flag it came from and how to fix it.
@@ -248,6 +306,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_header_size: usize,
     pub workers: usize,
+    // Permissive and audit modes.
+    pub mtls_mode: MtlsMode,
+    pub policy: Policy,
+    /// How long permissive mode waits for a connection's first byte.
+    pub detect_timeout: Duration,
 }
 
 impl Config {
@@ -376,6 +439,14 @@ impl Config {
                 "give at least 1",
             ));
         }
+        if args.detect_timeout.is_zero() {
+            return Err(invalid(
+                "detect-timeout",
+                "KUBE_MTLS_DETECT_TIMEOUT",
+                "0 would take every connection for plaintext before its first byte arrives",
+                "give a duration such as 1s",
+            ));
+        }
 
         Ok(Config {
             inbound_port: args.inbound_port,
@@ -399,6 +470,9 @@ impl Config {
             drain_timeout: args.drain_timeout,
             max_header_size: args.max_header_size,
             workers: args.workers,
+            mtls_mode: args.mode,
+            policy: args.policy,
+            detect_timeout: args.detect_timeout,
         })
     }
 
@@ -659,6 +733,17 @@ mod tests {
         assert!(parse_probes(r#"{"app/ready":{"tcpSocket":{"port":1}}}"#).is_err());
         assert!(parse_probes(r#"{"app/startup":{}}"#).is_err());
         assert!(parse_probes("nope").is_err());
+    }
+
+    #[test]
+    fn modes_default_to_strict_and_enforce() {
+        let a = args(&[]);
+        assert_eq!((a.mode, a.policy), (MtlsMode::Strict, Policy::Enforce));
+        assert_eq!(a.detect_timeout, Duration::from_secs(1));
+        let a = args(&["--mode", "permissive", "--policy", "audit"]);
+        assert_eq!((a.mode, a.policy), (MtlsMode::Permissive, Policy::Audit));
+        let err = Args::try_parse_from(["kube-mtls-sidecar", "--mode", "open"]).unwrap_err();
+        assert!(err.to_string().contains("strict"), "{err}");
     }
 
     #[test]

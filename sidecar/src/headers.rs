@@ -153,8 +153,8 @@ fn underscore_spelling_of_owned(name: &HeaderName) -> bool {
         })
 }
 
-/// Replaces every identity-bearing header the client sent with what the sidecar knows.
-pub fn set_forwarding(headers: &mut HeaderMap, xfcc: &HeaderValue, client_ip: &HeaderValue) {
+/// Removes every identity-bearing header the client sent, in any spelling.
+fn strip_identity(headers: &mut HeaderMap) {
     for name in owned() {
         headers.remove(name);
     }
@@ -166,9 +166,23 @@ pub fn set_forwarding(headers: &mut HeaderMap, xfcc: &HeaderValue, client_ip: &H
     for name in spoofed {
         headers.remove(name);
     }
+}
+
+/// Replaces every identity-bearing header the client sent with what the sidecar knows.
+pub fn set_forwarding(headers: &mut HeaderMap, xfcc: &HeaderValue, client_ip: &HeaderValue) {
+    strip_identity(headers);
     headers.insert(XFCC.clone(), xfcc.clone());
     headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+}
+
+/// For a plaintext caller (permissive mode): removes every identity-bearing
+/// header and adds no XFCC, so nothing the app sees claims an identity; only
+/// the address and `X-Forwarded-Proto: http` are said.
+pub fn set_plaintext_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    strip_identity(headers);
+    headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 }
 
 /// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2):
@@ -309,6 +323,28 @@ mod tests {
         assert_eq!(h.get("x-forwarded-client-cert").unwrap(), "By=real");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn a_plaintext_request_carries_no_identity() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-client-cert",
+            HeaderValue::from_static("URI=spiffe://cluster.local/ns/admin/sa/root"),
+        );
+        h.insert("x_forwarded_client_cert", HeaderValue::from_static("evil"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4;proto=https"),
+        );
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        set_plaintext_forwarding(&mut h, &HeaderValue::from_static("10.0.0.9"));
+        assert!(h.get("x-forwarded-client-cert").is_none(), "{h:?}");
+        assert!(h.get("x_forwarded_client_cert").is_none() && h.get("forwarded").is_none());
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-app").unwrap(), "kept");
     }
 

@@ -4,8 +4,14 @@
 //! - [`identity`]: SPIFFE/DNS identities and the allow-list.
 //! - [`tls`]: the certificate set, rustls configs, hot reload.
 //! - [`original_dst`]: where a redirected connection was going.
+//! - [`shared`]: what every listener and connection shares (state, response
+//!   bodies, the pooled connections to the app).
+//! - [`listener`]: the accept loop with back-off every listener uses.
 //! - [`proxy`]: the inbound path, HTTP and TCP.
+//! - [`permissive`]: permissive mode's plaintext detection and logging.
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
+//! - [`conn`]: serving HTTP on one connection, for both directions.
+//! - [`rewrite`]: the request rewrite both directions share.
 //! - [`headers`]: XFCC and the headers a client may not forge.
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
 //! - [`limits`]: handshakes in progress, overall and per client address.
@@ -15,13 +21,18 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod headers;
 pub mod identity;
 pub mod io;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
+pub mod permissive;
 pub mod proxy;
+pub mod rewrite;
 pub mod server;
+pub mod shared;
 pub mod tls;

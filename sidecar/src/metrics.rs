@@ -4,6 +4,9 @@
 //! handles: incrementing one on the hot path is a single atomic add, with no
 //! label hashing and no lock.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +26,96 @@ struct Result_ {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Direction {
     direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabel {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabel {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SerialLabel {
+    serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+    policy: String,
+}
+
+/// Distinct identities `would_deny` keeps a series for; callers beyond these
+/// are counted under `identity="other"` (their identity is in the log).
+const MAX_WOULD_DENY_IDENTITIES: usize = 100;
+
+/// The metrics of permissive and audit modes.
+#[derive(Default)]
+struct ModeMetrics {
+    /// `plaintext_connections_total{port}`.
+    plaintext: Family<PortLabel, Counter>,
+    /// `would_deny_total{identity}`.
+    would_deny: Family<IdentityLabel, Counter>,
+    /// The identities `would_deny` has a series for, to bound them.
+    would_deny_seen: Mutex<HashSet<String>>,
+    /// `mode_info{mode,policy} 1`.
+    info: Family<ModeLabels, Gauge>,
+}
+
+impl ModeMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plaintext_connections",
+            "Inbound connections served without TLS (permissive mode), by app port",
+            self.plaintext.clone(),
+        );
+        registry.register(
+            "would_deny",
+            "Requests (connections on TCP ports) from authenticated callers not on the allow-list, let through by --policy audit, by caller identity",
+            self.would_deny.clone(),
+        );
+        registry.register(
+            "mode_info",
+            "Always 1; the labels say whether plaintext callers are let in (mode: strict or permissive) and whether the allow-list refuses (policy: enforce or audit)",
+            self.info.clone(),
+        );
+    }
+}
+
+/// The connection counters of one direction (`inbound` or `outbound`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// `kube_mtls_sidecar_connections_total{direction}`.
+    pub accepted: Counter,
+    /// `kube_mtls_sidecar_active_connections{direction}`.
+    pub active: Gauge,
+}
+
+impl ConnMetrics {
+    /// Counts a connection accepted and open until the guard is dropped.
+    pub fn open(&self) -> OpenConn {
+        self.accepted.inc();
+        self.active.inc();
+        OpenConn(self.active.clone())
+    }
+}
+
+/// One open connection in `active_connections`; see [`ConnMetrics::open`].
+pub struct OpenConn(Gauge);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Why a connection or request was refused.
@@ -129,12 +222,44 @@ fn register_request_outcomes(registry: &mut Registry) -> (Counter, Vec<Counter>)
     (upstream_timeouts, client_errors)
 }
 
+/// Connections accepted and open now, by direction.
+fn register_connections(registry: &mut Registry) -> (ConnMetrics, ConnMetrics) {
+    let accepted = Family::<Direction, Counter>::default();
+    registry.register(
+        "connections",
+        "Connections accepted, by direction (inbound: from callers; outbound: from the app)",
+        accepted.clone(),
+    );
+    let active = Family::<Direction, Gauge>::default();
+    registry.register(
+        "active_connections",
+        "Connections open now, by direction",
+        active.clone(),
+    );
+    let of = |direction: &str| {
+        let label = Direction {
+            direction: direction.into(),
+        };
+        ConnMetrics {
+            accepted: accepted.get_or_create(&label).clone(),
+            active: active.get_or_create(&label).clone(),
+        }
+    };
+    (of("inbound"), of("outbound"))
+}
+
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
     pub requests: Counter,
-    pub connections: Counter,
-    pub active_connections: Gauge,
+    /// Connections from callers (the inbound and direct listeners).
+    pub inbound: ConnMetrics,
+    /// Connections from the app (the outbound listener).
+    pub outbound: ConnMetrics,
+    /// Failed accepts by listener, resolved by [`Metrics::accept_errors`].
+    accept_errors: Family<ListenerLabel, Counter>,
+    /// Permissive and audit modes.
+    modes: ModeMetrics,
     pub handshakes_ok: Counter,
     refusals: Vec<Counter>,
     pub upstream_errors: Counter,
@@ -142,6 +267,8 @@ pub struct Metrics {
     pub upstream_timeouts: Counter,
     client_errors: Vec<Counter>,
     pub cert_expiry: Gauge,
+    /// `certificate_info{serial} 1`: one series, for the certificate served now.
+    cert_info: Family<SerialLabel, Gauge>,
     pub cert_reload_ok: Counter,
     pub cert_reload_refused: Counter,
 }
@@ -161,13 +288,12 @@ impl Metrics {
             "HTTP requests forwarded to the app",
             requests.clone(),
         );
-        let connections = Counter::default();
-        registry.register("connections", "Connections accepted", connections.clone());
-        let active_connections = Gauge::default();
+        let (inbound, outbound) = register_connections(&mut registry);
+        let accept_errors = Family::<ListenerLabel, Counter>::default();
         registry.register(
-            "active_connections",
-            "Connections open now",
-            active_connections.clone(),
+            "accept_errors",
+            "Failed accepts (e.g. out of file descriptors), by listener; the listener backs off and retries",
+            accept_errors.clone(),
         );
         let handshakes = Family::<Result_, Counter>::default();
         registry.register(
@@ -213,11 +339,19 @@ impl Metrics {
             })
             .clone();
         let (upstream_timeouts, client_errors) = register_request_outcomes(&mut registry);
+        let modes = ModeMetrics::default();
+        modes.register(&mut registry);
         let cert_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
             "When the served chain (tls.crt) stops being valid: the earliest not_after of its certificates, seconds since the epoch",
             cert_expiry.clone(),
+        );
+        let cert_info = Family::<SerialLabel, Gauge>::default();
+        registry.register(
+            "certificate_info",
+            "Always 1; the serial label is the serial number (hex, as openssl x509 -serial prints it) of the certificate served now, replaced on rotation",
+            cert_info.clone(),
         );
         let reloads = Family::<Result_, Counter>::default();
         registry.register(
@@ -238,8 +372,10 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            connections,
-            active_connections,
+            inbound,
+            outbound,
+            accept_errors,
+            modes,
             handshakes_ok,
             refusals,
             upstream_errors,
@@ -247,9 +383,74 @@ impl Metrics {
             upstream_timeouts,
             client_errors,
             cert_expiry,
+            cert_info,
             cert_reload_ok,
             cert_reload_refused,
         }
+    }
+
+    /// The failed-accept counter of one listener (`inbound`, `listen`,
+    /// `outbound`, `admin`), taken once when the listener is set up.
+    pub fn accept_errors(&self, listener: &str) -> Counter {
+        self.accept_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.into(),
+            })
+            .clone()
+    }
+
+    /// Says which certificate is served now (`certificate_info`), replacing
+    /// the one served before.
+    pub fn set_certificate(&self, serial: &str) {
+        self.cert_info.clear();
+        self.cert_info
+            .get_or_create(&SerialLabel {
+                serial: serial.into(),
+            })
+            .set(1);
+    }
+
+    /// Says which mode and policy the sidecar runs with (`mode_info`).
+    pub fn set_modes(&self, mode: &str, policy: &str) {
+        self.modes.info.clear();
+        self.modes
+            .info
+            .get_or_create(&ModeLabels {
+                mode: mode.into(),
+                policy: policy.into(),
+            })
+            .set(1);
+    }
+
+    /// Counts a plaintext connection to `port` (permissive mode).
+    pub fn plaintext_connection(&self, port: u16) {
+        self.modes
+            .plaintext
+            .get_or_create(&PortLabel {
+                port: port.to_string(),
+            })
+            .inc();
+    }
+
+    /// The `would_deny` counter for a caller, taken once per connection.
+    pub fn would_deny(&self, identity: &str) -> Counter {
+        let mut seen = self
+            .modes
+            .would_deny_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let label = if seen.contains(identity) || seen.len() < MAX_WOULD_DENY_IDENTITIES {
+            seen.insert(identity.to_owned());
+            identity
+        } else {
+            "other"
+        };
+        self.modes
+            .would_deny
+            .get_or_create(&IdentityLabel {
+                identity: label.into(),
+            })
+            .clone()
     }
 
     pub fn refused(&self, reason: Refusal) {

@@ -11,6 +11,11 @@
 //! HTTP ports are forwarded per request over pooled mTLS connections, so a peer
 //! that does not speak mTLS gets the app a 502 that says so; TCP ports are
 //! tunnelled byte for byte.
+//!
+//! Like inbound ones, outbound connections are counted
+//! (`kube_mtls_sidecar_connections_total{direction="outbound"}`, `active_connections`),
+//! closed after `--idle-timeout` without traffic or a request in progress, and
+//! log inside an `outbound` span carrying the app's address and the destination.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,19 +25,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tracing::Instrument;
+use tracing::field::Empty;
 
+use crate::body::InFlightBody;
+use crate::conn::serve_http;
 use crate::headers;
+use crate::io::{IdleTimeout, InFlight};
+use crate::listener::Listener;
 use crate::metrics::Refusal;
-use crate::proxy::{Body, Shared, text};
+use crate::rewrite::retarget;
+use crate::shared::{Body, Shared, text};
 use crate::tls::TlsStore;
 
 /// How long a peer may take to accept TCP and finish the mTLS handshake.
@@ -160,125 +172,140 @@ pub fn client(tls: Arc<TlsStore>) -> Client<MtlsConnector, Body> {
         .build(MtlsConnector { tls })
 }
 
-/// Accepts redirected outbound connections until shutdown.
+/// Accepts redirected outbound connections until shutdown, each in its own
+/// task and span.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     shared: Arc<Shared>,
     client: Client<MtlsConnector, Body>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            shared.metrics.refused(Refusal::ConnectionLimit);
-            continue;
-        };
-        let (shared, client) = (shared.clone(), client.clone());
-        let tracker = shared.tracker.clone();
-        tracker.spawn(async move {
-            handle(stream, &shared, client).await;
-            drop(permit);
-        });
-    }
+    let stop = shared.shutdown.clone();
+    listener
+        .run(stop, |stream, peer| {
+            let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+                shared.metrics.refused(Refusal::ConnectionLimit);
+                tracing::warn!(client = %peer, "outbound connection refused: too many open connections");
+                return;
+            };
+            let span = tracing::info_span!("outbound", client = %peer, destination = Empty);
+            let (task_shared, client) = (shared.clone(), client.clone());
+            let task = async move {
+                let _open = task_shared.metrics.outbound.open();
+                handle(stream, &task_shared, client).await;
+                drop(slot);
+            };
+            shared.tracker.spawn(task.instrument(span));
+        })
+        .await;
 }
 
-async fn handle(stream: TcpStream, shared: &Arc<Shared>, client: Client<MtlsConnector, Body>) {
-    let dst = match crate::original_dst::original_dst(&stream) {
+/// Where a redirected connection of the app was going, if it may go there.
+fn destination(stream: &TcpStream, shared: &Shared) -> Option<SocketAddr> {
+    let dst = match crate::original_dst::original_dst(stream) {
         Ok(d) => d,
         Err(e) => {
             shared.metrics.refused(Refusal::NotRedirected);
             tracing::warn!(error = %e, "outbound connection without an original destination refused");
-            return;
+            return None;
         }
     };
+    tracing::Span::current().record("destination", tracing::field::display(dst));
     // Loopback and the sidecar's own ports are never a destination: that would
     // turn the outbound listener into a relay into the pod itself.
     if dst.ip().is_loopback() || dst.ip().is_unspecified() || shared.cfg.is_own_port(dst.port()) {
         shared.metrics.refused(Refusal::NotRedirected);
-        tracing::warn!(destination = %dst, "outbound connection to a local address refused");
+        tracing::warn!("outbound connection to a local address refused");
+        return None;
+    }
+    Some(dst)
+}
+
+async fn handle(stream: TcpStream, shared: &Arc<Shared>, client: Client<MtlsConnector, Body>) {
+    let Some(dst) = destination(&stream, shared) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let in_flight = InFlight::default();
+    let app = IdleTimeout::new(stream, shared.cfg.idle_timeout, in_flight.clone());
+    if shared.cfg.outbound_tcp_ports.contains(&dst.port()) {
+        tcp_tunnel(app, dst, shared).await;
         return;
     }
-    let _ = stream.set_nodelay(true);
-    if shared.cfg.outbound_tcp_ports.contains(&dst.port()) {
-        let mut app = stream;
-        match connect_mtls(&shared.tls, dst, false).await {
-            Ok(mut peer) => {
-                if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut peer).await {
-                    tracing::debug!(destination = %dst, error = %e, "outbound TCP connection ended with an error");
-                }
-            }
-            Err(e) => {
-                shared.metrics.outbound_errors.inc();
-                tracing::warn!(destination = %dst, error = %e, "outbound TCP connection failed");
+    let ctx = Arc::new(OutboundCtx {
+        dst,
+        in_flight,
+        shared: shared.clone(),
+        client,
+    });
+    serve_http(
+        TokioIo::new(app),
+        move |req| forward(req, ctx.clone()),
+        shared,
+    )
+    .await;
+}
+
+/// Copies bytes between the app and an mTLS connection to `dst`.
+async fn tcp_tunnel(mut app: IdleTimeout<TcpStream>, dst: SocketAddr, shared: &Shared) {
+    match connect_mtls(&shared.tls, dst, false).await {
+        Ok(mut peer) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut peer).await {
+                tracing::debug!(error = %e, "outbound TCP connection ended with an error");
             }
         }
-        return;
-    }
-    let shared2 = shared.clone();
-    let service =
-        hyper::service::service_fn(move |req| forward(req, dst, shared2.clone(), client.clone()));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shared.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        Err(e) => {
+            shared.metrics.outbound_errors.inc();
+            tracing::warn!(error = %e, "outbound TCP connection failed");
         }
     }
 }
 
+/// What every request on one outbound connection shares.
+struct OutboundCtx {
+    /// Where the app was going: every request on the connection goes there.
+    dst: SocketAddr,
+    /// Requests in progress, which keep the idle timeout at bay.
+    in_flight: InFlight,
+    shared: Arc<Shared>,
+    /// The pooled mTLS client.
+    client: Client<MtlsConnector, Body>,
+}
+
 async fn forward(
     mut req: Request<Incoming>,
-    dst: SocketAddr,
-    shared: Arc<Shared>,
-    client: Client<MtlsConnector, Body>,
+    ctx: Arc<OutboundCtx>,
 ) -> Result<Response<Body>, Infallible> {
-    if !req.headers().contains_key(http::header::HOST)
-        && let Some(a) = req.uri().authority()
-        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-    {
-        req.headers_mut().insert(http::header::HOST, v);
+    if let Err(e) = retarget(&mut req, &ctx.dst.to_string(), Version::HTTP_11) {
+        return Ok(text(StatusCode::BAD_REQUEST, &format!("kube-mtls: {e}\n")));
     }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(dst.to_string())
-        .path_and_query(path)
-        .build()
-    else {
-        return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
-    };
-    *req.uri_mut() = uri;
-    *req.version_mut() = http::Version::HTTP_11;
-    headers::strip_hop_by_hop(req.headers_mut());
-    match client.request(req.map(|b| b.boxed())).await {
+    let in_flight = ctx.in_flight.enter();
+    match ctx.client.request(req.map(|b| b.boxed())).await {
         Ok(resp) => {
-            let mut resp = resp.map(|b| b.boxed());
+            let mut resp = resp.map(|b| InFlightBody::new(b, in_flight).boxed());
             headers::strip_hop_by_hop(resp.headers_mut());
             Ok(resp)
         }
         Err(e) => {
-            shared.metrics.outbound_errors.inc();
-            // The connector's own error says what went wrong (refused, no mTLS, timeout).
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            let mut why = e.to_string();
-            while let Some(c) = cause {
-                if let Some(p) = c.downcast_ref::<PeerError>() {
-                    why = p.to_string();
-                    break;
-                }
-                cause = c.source();
-            }
-            tracing::warn!(destination = %dst, error = %why, "outbound request failed");
+            ctx.shared.metrics.outbound_errors.inc();
+            let why = peer_error(&e);
+            tracing::warn!(error = %why, "outbound request failed");
             Ok(text(
                 StatusCode::BAD_GATEWAY,
                 &format!("kube-mtls: {why}\n"),
             ))
         }
     }
+}
+
+/// The connector's own error says best what went wrong (refused, no mTLS,
+/// timeout); the pooled client wraps it.
+fn peer_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(p) = c.downcast_ref::<PeerError>() {
+            return p.to_string();
+        }
+        cause = c.source();
+    }
+    e.to_string()
 }

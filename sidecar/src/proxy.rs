@@ -7,117 +7,51 @@
 //!    `--max-handshakes-per-source` per client address; see [`crate::limits`]);
 //! 2. an app port: the original destination of a redirected connection, or the
 //!    fixed app port of a direct listener; never one of the sidecar's own ports;
-//! 3. the mTLS handshake, within `--handshake-timeout`, which verifies the chain,
+//! 3. in `--mode permissive` only, on HTTP ports only: the first byte, which
+//!    sends a connection that does not start TLS down the plaintext path, with
+//!    no identity (see [`crate::permissive`]);
+//! 4. the mTLS handshake, within `--handshake-timeout`, which verifies the chain,
 //!    validity and clientAuth usage of the client certificate;
-//! 4. a connection slot (bounded by `--max-connections`), taken in exchange
-//!    for the handshake permit;
-//! 5. the allow-list, decided once for the connection.
+//! 5. a connection slot (bounded by `--max-connections`), taken in exchange
+//!    for the handshake permit (plaintext connections take one too);
+//! 6. the allow-list, decided once for the connection; with `--policy audit`
+//!    a caller not on it is let through and counted as `would_deny`, but only
+//!    once it has passed 4: an unauthenticated caller never gets through.
 //!
-//! Each connection logs inside a `conn` span carrying the client and app port.
+//! Each connection logs inside an `inbound` span carrying the client, the app
+//! port and, once known, the caller's identity.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::body::{ClientBody, ClientBodyState, InFlightBody};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, MtlsMode, Policy};
+use crate::conn::serve_http;
 use crate::headers;
 use crate::identity::PeerIdentity;
 use crate::io::{IdleTimeout, InFlight, Linger};
-use crate::limits::{HandshakeGate, HandshakePermit};
-use crate::metrics::{Metrics, Refusal};
-use crate::tls::{TlsStore, cert_hash_hex};
-
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// A short plain-text response.
-pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::copy_from_slice(msg.as_bytes()))
-            .map_err(|n| match n {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// Pooled keep-alive connections to the app on 127.0.0.1.
-#[derive(Clone)]
-pub struct Upstream {
-    pub http1: Client<HttpConnector, Body>,
-    pub http2: Client<HttpConnector, Body>,
-}
-
-impl Upstream {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
-            .build(connector);
-        Upstream { http1, http2 }
-    }
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// What every connection task shares.
-pub struct Shared {
-    pub cfg: Arc<Config>,
-    pub tls: Arc<TlsStore>,
-    pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
-    /// Connection slots, one per authenticated connection (`--max-connections`).
-    pub slots: Arc<Semaphore>,
-    /// Handshakes in progress (`--max-handshakes`, `--max-handshakes-per-source`).
-    pub handshakes: HandshakeGate,
-    /// Cancelled on SIGTERM: listeners stop, connections drain.
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
-    pub draining: AtomicBool,
-}
-
-impl Shared {
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
+use crate::limits::HandshakePermit;
+use crate::listener::Listener;
+use crate::metrics::Refusal;
+use crate::permissive::{self, Opening};
+use crate::rewrite::retarget;
+use crate::shared::{Body, Shared, text};
+use crate::tls::cert_hash_hex;
 
 /// Where a listener's connections go.
 #[derive(Debug, Clone, Copy)]
@@ -128,35 +62,24 @@ pub enum Target {
     Fixed(u16),
 }
 
-/// Accepts connections until shutdown.
-pub async fn accept_loop(listener: TcpListener, target: Target, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(handshake) = admit(&shared, peer) else {
-            continue;
-        };
-        let span = tracing::info_span!("conn", client = %peer, port = tracing::field::Empty);
-        let task_shared = shared.clone();
-        let task = async move {
-            task_shared.metrics.connections.inc();
-            task_shared.metrics.active_connections.inc();
-            handle(stream, peer, handshake, target, &task_shared).await;
-            task_shared.metrics.active_connections.dec();
-        };
-        shared.tracker.spawn(task.instrument(span));
-    }
+/// Accepts callers' connections until shutdown, each in its own task and span.
+pub async fn accept_loop(listener: Listener, target: Target, shared: Arc<Shared>) {
+    let stop = shared.shutdown.clone();
+    listener
+        .run(stop, |stream, peer| {
+            let Some(handshake) = admit(&shared, peer) else {
+                return;
+            };
+            let span =
+                tracing::info_span!("inbound", client = %peer, port = Empty, identity = Empty);
+            let task_shared = shared.clone();
+            let task = async move {
+                let _open = task_shared.metrics.inbound.open();
+                handle(stream, peer, handshake, target, &task_shared).await;
+            };
+            shared.tracker.spawn(task.instrument(span));
+        })
+        .await;
 }
 
 /// The accept-time gates: a handshake permit (overall and for the client's
@@ -213,12 +136,56 @@ fn classify(e: &std::io::Error) -> Refusal {
     }
 }
 
+/// What the allow-list (and `--policy`) made of an authenticated caller.
+#[derive(Clone)]
+pub enum Verdict {
+    /// On the allow-list.
+    Allowed,
+    /// Not on it, and `--policy enforce`: refused.
+    Refused,
+    /// Not on it, but `--policy audit`: let through and counted here.
+    WouldDeny(Counter),
+}
+
+/// Who is calling on a connection.
+pub enum Caller {
+    /// Passed the mTLS handshake with a verified client certificate.
+    Mtls {
+        /// The caller's SPIFFE ID (or other name), for the 403 body.
+        identity: String,
+        /// The XFCC value, built once: the certificate cannot change.
+        xfcc: HeaderValue,
+        verdict: Verdict,
+    },
+    /// Permissive mode: no TLS, so no identity, and none may be claimed.
+    Plaintext,
+}
+
 /// A connection that passed the handshake: who is calling, and may they.
 struct Authenticated {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// Hex SHA-256 of the client certificate, for XFCC's `Hash`.
     cert_hash: String,
-    allowed: bool,
+    verdict: Verdict,
+}
+
+/// The allow-list's answer for `peer`, as `--policy` applies it.
+fn judge(peer: &PeerIdentity, shared: &Shared) -> Verdict {
+    let Err(reason) = shared.cfg.allow.authorize(peer) else {
+        tracing::debug!("caller accepted");
+        return Verdict::Allowed;
+    };
+    match shared.cfg.policy {
+        Policy::Enforce => {
+            tracing::warn!(%reason, "caller refused");
+            Verdict::Refused
+        }
+        Policy::Audit => {
+            tracing::warn!(%reason, "would_deny: caller let through by --policy audit");
+            Verdict::WouldDeny(shared.metrics.would_deny(&peer.display_name()))
+        }
+    }
 }
 
 /// The mTLS handshake within `--handshake-timeout`, then the allow-list.
@@ -262,22 +229,13 @@ async fn authenticate(
             return None;
         }
     };
-    let identity = peer.display_name();
-    let allowed = match shared.cfg.allow.authorize(&peer) {
-        Err(reason) => {
-            tracing::warn!(%identity, %reason, "caller refused");
-            false
-        }
-        Ok(()) => {
-            tracing::debug!(%identity, "caller accepted");
-            true
-        }
-    };
+    tracing::Span::current().record("identity", tracing::field::display(peer.display_name()));
+    let verdict = judge(&peer, shared);
     Some(Authenticated {
         stream,
         peer,
         cert_hash,
-        allowed,
+        verdict,
     })
 }
 
@@ -299,131 +257,184 @@ async fn handle(
     };
     tracing::Span::current().record("port", port);
     let _ = stream.set_nodelay(true);
-    let mode = cfg.mode(port);
+    let conn = Accepted {
+        stream,
+        client,
+        handshake,
+        port,
+        mode: cfg.mode(port),
+    };
+    // TCP ports are never sniffed: they stay mTLS-only (see crate::permissive).
+    if cfg.mtls_mode == MtlsMode::Permissive && conn.mode != Mode::Tcp {
+        match permissive::detect(&conn.stream, cfg.detect_timeout).await {
+            Ok(Opening::Tls) => {}
+            Ok(Opening::Plaintext) => return serve_plaintext(conn, shared).await,
+            Ok(Opening::Closed) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed before its first byte");
+                return;
+            }
+        }
+    }
+    serve_mtls(conn, shared).await;
+}
+
+/// An inbound connection with its app port, before TLS or plaintext is known.
+struct Accepted {
+    stream: TcpStream,
+    client: SocketAddr,
+    /// Held until the connection has a slot (or is refused).
+    handshake: HandshakePermit,
+    port: u16,
+    mode: Mode,
+}
+
+/// A connection slot (`--max-connections`) for a connection that got past
+/// the handshake, or `None` (counted and logged) when there is none.
+fn take_slot(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    let slot = shared.slots.clone().try_acquire_owned().ok();
+    if slot.is_none() {
+        shared.metrics.refused(Refusal::ConnectionLimit);
+        tracing::warn!(
+            limit = shared.cfg.max_connections,
+            "connection refused: too many open connections"
+        );
+    }
+    slot
+}
+
+/// The mTLS path: handshake, allow-list, then TCP or HTTP to the app.
+async fn serve_mtls(conn: Accepted, shared: &Arc<Shared>) {
+    let cfg = &shared.cfg;
     let tls = shared.tls.current();
-    let acceptor = TlsAcceptor::from(if mode == Mode::Tcp {
+    let acceptor = TlsAcceptor::from(if conn.mode == Mode::Tcp {
         tls.tcp.clone()
     } else {
         tls.http.clone()
     });
-    let Some(conn) = authenticate(stream, acceptor, shared).await else {
+    let Some(auth) = authenticate(conn.stream, acceptor, shared).await else {
         return;
     };
-    drop(handshake);
-    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
-        shared.metrics.refused(Refusal::ConnectionLimit);
-        tracing::warn!(
-            limit = cfg.max_connections,
-            "connection refused: too many open connections"
-        );
+    drop(conn.handshake);
+    let Some(_slot) = take_slot(shared) else {
         return;
     };
     let in_flight = InFlight::default();
-    let io = IdleTimeout::new(conn.stream, cfg.idle_timeout, in_flight.clone());
-    if mode == Mode::Tcp {
-        // Refused on a TCP port: the connection is the request, counted once here.
-        if !conn.allowed {
-            shared.metrics.refused(Refusal::NotAllowed);
-            return;
+    let io = IdleTimeout::new(auth.stream, cfg.idle_timeout, in_flight.clone());
+    if conn.mode == Mode::Tcp {
+        // On a TCP port the connection is the request, counted once here.
+        match &auth.verdict {
+            Verdict::Refused => return shared.metrics.refused(Refusal::NotAllowed),
+            Verdict::WouldDeny(counter) => {
+                counter.inc();
+            }
+            Verdict::Allowed => {}
         }
-        tcp_copy(io, port, shared).await;
+        tcp_copy(io, conn.port, shared).await;
         return;
     }
-    let ctx = Arc::new(ConnCtx {
-        port,
-        h2_upstream: mode == Mode::Http2,
-        allowed: conn.allowed,
-        identity: conn.peer.display_name(),
-        xfcc: headers::xfcc_value(&tls.own, &conn.peer, &conn.cert_hash),
-        client_ip: HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown")),
+    let caller = Caller::Mtls {
+        identity: auth.peer.display_name(),
+        xfcc: headers::xfcc_value(&tls.own, &auth.peer, &auth.cert_hash),
+        verdict: auth.verdict,
+    };
+    let ctx = ConnCtx::new(conn.client, conn.port, conn.mode, caller, in_flight, shared);
+    serve_http(
+        TokioIo::new(Linger::new(io)),
+        move |req| forward(req, ctx.clone()),
+        shared,
+    )
+    .await;
+}
+
+/// Permissive mode's plaintext path: counted, logged once per source a
+/// minute, and served as HTTP without any identity.
+async fn serve_plaintext(conn: Accepted, shared: &Arc<Shared>) {
+    drop(conn.handshake);
+    let Some(_slot) = take_slot(shared) else {
+        return;
+    };
+    shared.metrics.plaintext_connection(conn.port);
+    let source = conn.client.ip();
+    if shared.plaintext_log.should_log(source, Instant::now()) {
+        tracing::info!(
+            source = %source,
+            "plaintext connection (permissive mode): this caller does not use mTLS; logged once per source address per minute"
+        );
+    }
+    let in_flight = InFlight::default();
+    let io = IdleTimeout::new(conn.stream, shared.cfg.idle_timeout, in_flight.clone());
+    let ctx = ConnCtx::new(
+        conn.client,
+        conn.port,
+        conn.mode,
+        Caller::Plaintext,
         in_flight,
-        shared: shared.clone(),
-    });
-    serve_http(TokioIo::new(Linger::new(io)), ctx, shared).await;
-}
-
-/// Runs hyper's per-stream tasks (HTTP/2) inside the connection's span, so
-/// their logs say which connection they belong to.
-#[derive(Clone, Copy)]
-struct InSpan;
-
-impl<F> hyper::rt::Executor<F> for InSpan
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut.in_current_span());
-    }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on an established connection until it ends or
-/// shutdown drains it.
-pub async fn serve_http<I>(io: TokioIo<I>, ctx: Arc<ConnCtx>, shared: &Shared)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let cfg = &shared.cfg;
-    let mut builder = auto::Builder::new(InSpan);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_size.max(8192));
-    // HTTP/2 closes the whole connection (GOAWAY) for a header block beyond
-    // four times this limit, or one it cannot skip; so the advertised limit is
-    // generous and `forward` answers 431 on the stream for anything over
-    // --max-header-size.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(
-            u32::try_from(cfg.max_header_size.saturating_mul(4)).unwrap_or(u32::MAX),
-        )
-        .max_concurrent_streams(256);
-    let service = hyper::service::service_fn(move |req| forward(req, ctx.clone()));
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-            return;
-        }
-        _ = shared.shutdown.cancelled() => {}
-    }
-    // Draining: HTTP/2 gets GOAWAY, HTTP/1.1 answers the request in flight with
-    // `Connection: close`; both then end.
-    conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "client connection ended with an error while draining");
-    }
+        shared,
+    );
+    serve_http(
+        TokioIo::new(Linger::new(io)),
+        move |req| forward(req, ctx.clone()),
+        shared,
+    )
+    .await;
 }
 
 /// Per-connection facts every request on it shares.
 pub struct ConnCtx {
+    /// The app port on 127.0.0.1 requests go to.
     pub port: u16,
+    /// The app speaks HTTP/2 cleartext (`--h2-ports`).
     pub h2_upstream: bool,
-    pub allowed: bool,
-    pub identity: String,
-    pub xfcc: HeaderValue,
+    pub caller: Caller,
+    /// The client's address, for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
     /// Requests in progress, which keep the idle timeout at bay.
     pub in_flight: InFlight,
     pub shared: Arc<Shared>,
 }
 
+impl ConnCtx {
+    fn new(
+        client: SocketAddr,
+        port: u16,
+        mode: Mode,
+        caller: Caller,
+        in_flight: InFlight,
+        shared: &Arc<Shared>,
+    ) -> Arc<Self> {
+        Arc::new(ConnCtx {
+            port,
+            h2_upstream: mode == Mode::Http2,
+            caller,
+            client_ip: HeaderValue::from_str(&client.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            in_flight,
+            shared: shared.clone(),
+        })
+    }
+}
+
 async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<Body>, Infallible> {
     let shared = &ctx.shared;
-    if !ctx.allowed {
-        // Counted per request: on an HTTP port each request is refused.
-        shared.metrics.refused(Refusal::NotAllowed);
-        return Ok(text(
-            StatusCode::FORBIDDEN,
-            &format!("forbidden: {} may not call this service\n", ctx.identity),
-        ));
+    if let Caller::Mtls {
+        identity, verdict, ..
+    } = &ctx.caller
+    {
+        match verdict {
+            Verdict::Allowed => {}
+            // Counted per request: on an HTTP port each request is judged.
+            Verdict::WouldDeny(counter) => {
+                counter.inc();
+            }
+            Verdict::Refused => {
+                shared.metrics.refused(Refusal::NotAllowed);
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    &format!("forbidden: {identity} may not call this service\n"),
+                ));
+            }
+        }
     }
     // HTTP/1.1 heads are held to the limit by hyper itself.
     if req.version() == Version::HTTP_2 && headers::list_size(&req) > shared.cfg.max_header_size {
@@ -472,29 +483,21 @@ fn upstream_request(
     ctx: &ConnCtx,
     body_state: &ClientBodyState,
 ) -> Option<Request<Body>> {
-    // Requests arriving over HTTP/2 carry the host in :authority; keep it as a
-    // Host header so an HTTP/1.1 app still sees it.
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
-    }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(format!("127.0.0.1:{}", ctx.port))
-        .path_and_query(path)
-        .build()
-        .ok()?;
-    *req.uri_mut() = uri;
-    *req.version_mut() = if ctx.h2_upstream {
+    let version = if ctx.h2_upstream {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    headers::strip_hop_by_hop(req.headers_mut());
-    headers::set_forwarding(req.headers_mut(), &ctx.xfcc, &ctx.client_ip);
+    if let Err(e) = retarget(&mut req, &format!("127.0.0.1:{}", ctx.port), version) {
+        tracing::debug!(error = %e, "request refused");
+        return None;
+    }
+    match &ctx.caller {
+        Caller::Mtls { xfcc, .. } => {
+            headers::set_forwarding(req.headers_mut(), xfcc, &ctx.client_ip)
+        }
+        Caller::Plaintext => headers::set_plaintext_forwarding(req.headers_mut(), &ctx.client_ip),
+    }
     Some(req.map(|b| ClientBody::new(b, body_state.clone()).boxed()))
 }
 
@@ -503,7 +506,7 @@ fn upstream_timeout(ctx: &ConnCtx, limit: Duration) -> Response<Body> {
     let metrics = &ctx.shared.metrics;
     metrics.upstream_timeouts.inc();
     metrics.upstream_errors.inc();
-    tracing::warn!(identity = %ctx.identity, limit = ?limit, "upstream timeout: the app sent no response headers within --upstream-timeout; answered 504");
+    tracing::warn!(limit = ?limit, "upstream timeout: the app sent no response headers within --upstream-timeout; answered 504");
     text(
         StatusCode::GATEWAY_TIMEOUT,
         &format!(
@@ -523,7 +526,7 @@ fn upstream_failure(
     let metrics = &ctx.shared.metrics;
     if let Some(kind) = body_state.error() {
         metrics.client_error(kind);
-        tracing::debug!(identity = %ctx.identity, reason = kind.as_str(), error = %e, "the client's request body failed");
+        tracing::debug!(reason = kind.as_str(), error = %e, "the client's request body failed");
         return text(
             StatusCode::BAD_REQUEST,
             "bad request: the request body is malformed or incomplete\n",
@@ -538,7 +541,7 @@ fn upstream_failure(
     } else {
         "the app closed the connection or sent an invalid response".to_owned()
     };
-    tracing::warn!(error = %e, identity = %ctx.identity, "upstream error");
+    tracing::warn!(error = %e, "upstream error");
     text(
         StatusCode::BAD_GATEWAY,
         &format!("upstream unavailable: {why}\n"),
@@ -555,17 +558,17 @@ where
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.upstream_errors.inc();
-            tracing::warn!(port, error = %e, "upstream unavailable for TCP connection");
+            tracing::warn!(error = %e, "upstream unavailable for TCP connection");
             return;
         }
         Err(_) => {
             shared.metrics.upstream_errors.inc();
-            tracing::warn!(port, "upstream connect timed out for TCP connection");
+            tracing::warn!("upstream connect timed out for TCP connection");
             return;
         }
     };
     let _ = app.set_nodelay(true);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
-        tracing::debug!(port, error = %e, "TCP connection ended with an error");
+        tracing::debug!(error = %e, "TCP connection ended with an error");
     }
 }

@@ -13,8 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::config::{MtlsMode, Policy};
+use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Shared, Target, Upstream};
+use crate::permissive::PlaintextLog;
+use crate::proxy::{self, Target};
+use crate::shared::{Shared, Upstream};
 use crate::tls::{self, TlsStore};
 
 /// Why the sidecar could not start.
@@ -59,6 +63,21 @@ fn bind_all(flag: &'static str, port: u16) -> Result<Vec<TcpListener>, StartErro
     Ok(out)
 }
 
+/// Says loudly, at start-up, that a mode or policy lets callers through.
+fn warn_of_open_modes(cfg: &Config) {
+    if cfg.mtls_mode == MtlsMode::Permissive {
+        tracing::warn!(
+            detect_timeout = ?cfg.detect_timeout,
+            "--mode permissive: callers without TLS reach the app as plaintext (without identity headers) on HTTP ports; switch to strict once plaintext_connections_total stops growing"
+        );
+    }
+    if cfg.policy == Policy::Audit {
+        tracing::warn!(
+            "--policy audit: authenticated callers not on the allow-list are let through and counted as would_deny"
+        );
+    }
+}
+
 /// Runs the sidecar until `shutdown_signal` completes, then drains.
 pub async fn run(
     cfg: Config,
@@ -69,6 +88,8 @@ pub async fn run(
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
     metrics.cert_expiry.set(store.current().not_after);
+    metrics.set_certificate(&store.current().serial);
+    metrics.set_modes(cfg.mtls_mode.as_str(), cfg.policy.as_str());
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -83,20 +104,21 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         draining: AtomicBool::new(false),
+        plaintext_log: PlaintextLog::default(),
     });
     let admin = Arc::new(Admin {
         shared: shared.clone(),
         listeners_up: AtomicBool::new(false),
     });
 
-    let mut listeners: Vec<(TcpListener, Target)> = Vec::new();
+    let mut listeners: Vec<(Listener, Target)> = Vec::new();
     let mut accept_tasks_outbound = Vec::new();
     for l in bind_all("inbound-port", cfg.inbound_port)? {
-        listeners.push((l, Target::Redirected));
+        listeners.push((Listener::new(l, "inbound", &metrics), Target::Redirected));
     }
     for (listen, app) in &cfg.listen {
         for l in bind_all("listen", *listen)? {
-            listeners.push((l, Target::Fixed(*app)));
+            listeners.push((Listener::new(l, "listen", &metrics), Target::Fixed(*app)));
         }
     }
     if cfg.outbound_port != 0 {
@@ -109,13 +131,16 @@ pub async fn run(
         })?;
         let client = crate::outbound::client(store.clone());
         accept_tasks_outbound.push(tokio::spawn(crate::outbound::accept_loop(
-            listener,
+            Listener::new(listener, "outbound", &metrics),
             shared.clone(),
             client,
         )));
     }
     for l in bind_all("admin-port", cfg.admin_port)? {
-        tokio::spawn(admin::serve(l, admin.clone()));
+        tokio::spawn(admin::serve(
+            Listener::new(l, "admin", &metrics),
+            admin.clone(),
+        ));
     }
 
     let mut accept_tasks = Vec::new();
@@ -132,8 +157,11 @@ pub async fn run(
         inbound_port = cfg.inbound_port,
         admin_port = cfg.admin_port,
         identity = %store.current().own.display_name(),
+        mode = cfg.mtls_mode.as_str(),
+        policy = cfg.policy.as_str(),
         "kube-mtls-sidecar ready"
     );
+    warn_of_open_modes(&cfg);
 
     shutdown_signal.await;
     tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining connections");

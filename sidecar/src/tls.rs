@@ -54,6 +54,9 @@ pub struct TlsState {
     pub not_after: i64,
     /// When the whole served chain is valid from: the latest `not_before`.
     pub not_before: i64,
+    /// The serial number of the served leaf certificate, in hex as
+    /// `openssl x509 -serial` prints it, so a rotation can be seen on /metrics.
+    pub serial: String,
     /// Digest of the three files, to skip reloading identical content.
     digest: [u8; 32],
 }
@@ -140,6 +143,7 @@ pub fn load(dir: &Path, trust_domain: &str) -> Result<TlsState, TlsError> {
     let (not_before, not_after) =
         chain_validity(&chain).map_err(|problem| parse_err(&crt_path, problem))?;
     let own = PeerIdentity::from_der(&chain[0]).map_err(|e| parse_err(&crt_path, e))?;
+    let serial = serial_hex(&chain[0]).map_err(|problem| parse_err(&crt_path, problem))?;
 
     let roots = Arc::new(roots);
     let rustls_err = |e: rustls::Error| TlsError::Rustls(e.to_string());
@@ -188,8 +192,22 @@ pub fn load(dir: &Path, trust_domain: &str) -> Result<TlsState, TlsError> {
         own,
         not_after,
         not_before,
+        serial,
         digest,
     })
+}
+
+/// The serial number of a certificate in upper-case hex without the DER sign
+/// byte, as `openssl x509 -serial` prints it (e.g. `5A0F...`).
+fn serial_hex(der: &CertificateDer<'_>) -> Result<String, String> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let raw = cert.raw_serial();
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    Ok(raw[start..].iter().map(|b| format!("{b:02X}")).collect())
 }
 
 /// The window in which every certificate of a chain is valid: (latest
@@ -297,7 +315,8 @@ pub async fn watch(store: Arc<TlsStore>, metrics: Arc<crate::metrics::Metrics>) 
                 let state = store.current();
                 metrics.cert_reload_ok.inc();
                 metrics.cert_expiry.set(state.not_after);
-                tracing::info!(identity = %state.own.display_name(), not_after = state.not_after, "certificate reloaded");
+                metrics.set_certificate(&state.serial);
+                tracing::info!(identity = %state.own.display_name(), not_after = state.not_after, serial = %state.serial, "certificate reloaded");
                 if !state.valid_now() {
                     tracing::warn!(
                         not_before = state.not_before,
@@ -426,9 +445,23 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
 
 #[cfg(test)]
 mod tests {
-    use super::changes_files;
+    use super::{changes_files, serial_hex};
     use notify::Watcher;
     use std::time::Duration;
+
+    /// A serial with its top bit set is stored with a leading 0x00 in DER;
+    /// openssl prints it without, and so must the metric.
+    #[test]
+    fn serials_print_as_openssl_prints_them() {
+        for (serial, printed) in [(vec![0x80, 0x01], "8001"), (vec![0x05, 0xAB], "05AB")] {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["a.example".to_owned()]).expect("params");
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = params.self_signed(&key).expect("certificate");
+            assert_eq!(serial_hex(cert.der()).expect("serial"), printed);
+        }
+    }
 
     /// Real inotify: reading the certificate files (what every reload does)
     /// must not look like a change, or the watcher would reload forever; a

@@ -811,3 +811,52 @@ fn bad_settings_exit_non_zero_naming_the_setting() {
         "{err}"
     );
 }
+
+/// The serial number of a PEM certificate as `openssl x509 -serial` prints it.
+fn openssl_serial(cert_pem: &str) -> String {
+    let out = kube_mtls_tests::process::output_with_input(
+        Command::new("openssl").args(["x509", "-noout", "-serial"]),
+        cert_pem.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    line.strip_prefix("serial=")
+        .expect("serial=<hex>")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_certificates_serial_is_on_metrics_and_follows_rotation() {
+    let ca = TestCa::new("ca");
+    let root = tempfile::tempdir().unwrap();
+    let first = ca.issue(&Leaf::spiffe(SERVER_ID));
+    let mut dir = KubeletDir::create(&root.path().join("certs"), &first).unwrap();
+    let app = app::start().await;
+    let sidecar = Sidecar::start(&dir.path, &[(free_port(), app.port())], &[]);
+    let metrics = || plain_get(sidecar.admin, "/metrics").unwrap().1;
+    let info = |serial: &str| format!("kube_mtls_sidecar_certificate_info{{serial=\"{serial}\"}}");
+    let (one, m) = (openssl_serial(&first.cert_pem), metrics());
+    assert_eq!(sample(&m, &info(&one)), 1.0, "{m}");
+
+    let second = ca.issue(&Leaf::spiffe(SERVER_ID));
+    let two = openssl_serial(&second.cert_pem);
+    assert_ne!(one, two);
+    dir.swap(&second).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || sample(&metrics(), &info(&two))
+            == 1.0),
+        "{}",
+        metrics()
+    );
+    // Only the serial served now has a series.
+    let m = metrics();
+    assert_eq!(
+        m.matches("kube_mtls_sidecar_certificate_info{").count(),
+        1,
+        "{m}"
+    );
+}

@@ -1,0 +1,119 @@
+//! The sidecar's listeners when the process runs out of file descriptors: the
+//! real binary under a real RLIMIT_NOFILE (set on it with prlimit(1)), real
+//! TCP clients filling it up, then freeing it.
+//!
+//! Out of descriptors, `accept` fails with EMFILE while the listening socket
+//! stays readable; a listener that retried at once would spin a core and never
+//! get anywhere. Each listener must back off, and serve again once
+//! descriptors are free.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use kube_mtls_tests::process::{plain_get, wait_until};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample};
+use kube_mtls_tests::tls::get;
+
+/// The number of descriptors the process has open.
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the sidecar's /proc entry")
+        .count() as u64
+}
+
+/// CPU time the process has used (user + system, all threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the sidecar's stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, the 12th and 13th after it.
+    let after = stat.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn set_fd_limit(pid: u32, limit: u64) {
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("prlimit (util-linux) is installed");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_every_listener_backs_off_and_serves_again() {
+    let env = Env::start(&[
+        "--handshake-timeout",
+        "120s",
+        "--max-handshakes-per-source",
+        "1000",
+    ])
+    .await;
+    let cfg = env.client(&env.caller(CLIENT_ID));
+    assert_eq!(
+        get(env.addr, cfg.clone(), "/before", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let pid = env.sidecar.proc.pid();
+    set_fd_limit(pid, open_fds(pid) + 4);
+
+    // Silent clients take the last descriptors; the rest wait in the backlog,
+    // where the listener cannot take them.
+    let silent: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(env.addr).expect("the kernel queues the connection"))
+        .collect();
+    let logs = || env.sidecar.proc.logs();
+    let failing = |n: usize| {
+        wait_until(Duration::from_secs(10), || {
+            logs().matches("accept failed").count() >= n
+        })
+    };
+    assert!(failing(1), "no failed accept logged:\n{}", logs());
+    // The admin port is out of descriptors too: this probe waits in its backlog.
+    let admin = env.sidecar.admin;
+    let probe = std::thread::spawn(move || plain_get(admin, "/ready"));
+    assert!(
+        failing(2),
+        "the admin listener logged no failed accept:\n{}",
+        logs()
+    );
+
+    // While it lasts, the sidecar waits rather than spins: over a second it
+    // uses a small fraction of a core (a spinning listener takes all of one).
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 20,
+        "{used} ticks of CPU in 1 s out of descriptors:\n{}",
+        logs()
+    );
+
+    // Descriptors come free: the sidecar serves again, admin port included.
+    drop(silent);
+    assert!(
+        env.sidecar
+            .proc
+            .wait_for_log("accepting connections again", Duration::from_secs(10)),
+        "{}",
+        logs()
+    );
+    let ready = probe.join().expect("probe thread");
+    assert_eq!(ready.map(|(s, _)| s), Some(200), "{}", logs());
+    let after = get(env.addr, cfg, "/after", &[]).await.unwrap();
+    assert_eq!(after.status, 200, "{}", after.body);
+    let m = env.metrics();
+    for listener in ["listen", "admin"] {
+        let label = format!("kube_mtls_sidecar_accept_errors_total{{listener=\"{listener}\"}}");
+        assert!(sample(&m, &label) >= 1.0, "{label}:\n{m}");
+    }
+}
