@@ -2,7 +2,8 @@
 # Re-issuance under traffic, part of e2e/scenario/run.sh: while web/client
 # calls orders in a loop, cert-manager re-issues orders' certificate (as
 # `cmctl renew` asks it to: an Issuing condition), kubelet updates the Secret
-# volume, the sidecar reloads it and serves the new certificate; no call fails.
+# volume, the sidecar reloads it and serves the new certificate (its serial,
+# from the sidecar's metrics); no call fails.
 set -euo pipefail
 # shellcheck source=e2e/scenario/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -36,11 +37,14 @@ wait_for 120 "cert-manager to re-issue $secret" changed
 reloaded() { [ "$(metric 'kube_mtls_sidecar_certificate_reloads_total{result="ok"}')" -gt "$reloads" ] 2>/dev/null; }
 wait_for 180 "kubelet to update the Secret volume and the sidecar to reload it" reloaded
 
-# The certificate the sidecar now serves is the new one: its expiry is the new one's.
-new_end=$(cert | base64 -d | openssl x509 -noout -enddate | cut -d= -f2)
-want=$(date -d "$new_end" +%s)
-served=$(metric kube_mtls_sidecar_certificate_expiry_timestamp_seconds)
-[ "${served%.*}" = "$want" ] || fail "the sidecar serves a certificate ending at $served, want the new one's $want"
+# The certificate the sidecar now serves is the new one: its serial is the new one's.
+want=$(cert | base64 -d | openssl x509 -noout -serial | cut -d= -f2)
+old_serial=$(base64 -d <<<"$before" | openssl x509 -noout -serial | cut -d= -f2)
+[ "$want" != "$old_serial" ] || fail "cert-manager re-issued with the same serial $want"
+served=$(k -n shop exec "$pod" -c app -- curl -s 127.0.0.1:15020/metrics |
+  sed -n 's/^kube_mtls_sidecar_certificate_info{serial="\([0-9A-F]*\)"} 1$/\1/p')
+[ "$served" = "$want" ] || fail "the sidecar serves serial '$served', want the new certificate's $want (the old one was $old_serial)"
+echo "the sidecar serves the new serial $served (was $old_serial)"
 
 at_reload=$(calls)
 wait_for 60 "calls after the reload" at_least $((at_reload + 5))
