@@ -25,7 +25,7 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format)?;
+    init_logging(args.log_format.as_str())?;
     let cfg = Config::from_args(&args)?;
 
     if args.dry_run {

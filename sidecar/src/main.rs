@@ -51,7 +51,7 @@ fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format, &args.log_level)?;
+    init_logging(args.log_format.as_str(), &args.log_level)?;
     if args.wait_ready {
         return wait_ready(args.admin_port);
     }

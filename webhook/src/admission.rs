@@ -111,6 +111,15 @@ pub fn decide(
     match annotations::resolve(pod, namespace, view, defaults) {
         Ok((resolved, mut warnings)) => {
             let mut injection = patch::inject(pod, &resolved);
+            if let Err(problem) = patch::parse_back(&injection) {
+                return Decision::Reject(Rejection {
+                    subject: "the injected containers' settings".into(),
+                    problem,
+                    fix:
+                        "change the annotation, profile field or pod value behind the setting named"
+                            .into(),
+                });
+            }
             warnings.append(&mut injection.warnings);
             warnings.extend(checks::soft_gaps(pod, &resolved));
             injection.warnings = warnings;

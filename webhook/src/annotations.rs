@@ -7,23 +7,19 @@
 
 use std::collections::BTreeSet;
 
+use ipnet::IpNet;
+use kube_mtls_contract::names::{Identity, SIDECAR_PORTS};
+use kube_mtls_contract::pattern::{AllowedClients, IdentityPattern, PATTERN_FIX};
+use kube_mtls_contract::ports::{self, InboundPorts, InboundPortsError, PortSet};
 use serde_json::Value;
 
 use crate::cluster::ClusterView;
-use crate::names;
 use crate::profile::{IssuerRef, MtlsProfileSpec};
 use crate::resources;
 
-pub const PREFIX: &str = "kube-mtls.io/";
-pub const INJECT: &str = "kube-mtls.io/inject";
-pub const STATUS: &str = "kube-mtls.io/status";
-pub const PROFILE: &str = "kube-mtls.io/profile";
-
-/// The sidecar's fixed ports and UID, shared with the init rules.
-pub const INBOUND_PORT: u16 = 15006;
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const ADMIN_PORT: u16 = 15020;
-pub const PROXY_UID: i64 = 15337;
+pub use kube_mtls_contract::names::{
+    ADMIN_PORT, INBOUND_PORT, INJECT, OUTBOUND_PORT, PREFIX, PROFILE, PROXY_UID, STATUS,
+};
 
 /// Every annotation a pod may set, with what it means and its default: the
 /// README's table is written from this list.
@@ -126,25 +122,18 @@ pub struct Defaults {
     pub native_sidecar: bool,
 }
 
-/// Which inbound ports are captured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
-    All,
-    Only(BTreeSet<u16>),
-}
-
 /// Everything the patch needs for one pod.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub namespace: String,
     pub service_account: String,
-    pub inbound: Inbound,
-    pub skip_inbound: BTreeSet<u16>,
-    pub tcp_ports: BTreeSet<u16>,
-    pub h2_ports: BTreeSet<u16>,
-    pub allowed_clients: Vec<String>,
-    pub outbound_ports: BTreeSet<u16>,
-    pub skip_outbound_cidrs: Vec<String>,
+    pub inbound: InboundPorts,
+    pub skip_inbound: PortSet,
+    pub tcp_ports: PortSet,
+    pub h2_ports: PortSet,
+    pub allowed_clients: AllowedClients,
+    pub outbound_ports: PortSet,
+    pub skip_outbound_cidrs: Vec<IpNet>,
     pub dns_names: Vec<String>,
     pub issuer: IssuerRef,
     /// A Secret the user provides; `None`: the webhook's Certificate makes one.
@@ -159,24 +148,30 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// The names of the pod's identity.
+    pub fn names(&self) -> Identity<'_> {
+        Identity {
+            trust_domain: &self.trust_domain,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+        }
+    }
+
+    /// The pod's SPIFFE ID.
     pub fn identity(&self) -> String {
-        names::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
+        self.names().spiffe_id()
     }
 
     /// The pod's own Secret if it names one, else the Certificate's.
     pub fn secret_name(&self) -> String {
         self.secret
             .clone()
-            .unwrap_or_else(|| names::secret_name(&self.service_account))
+            .unwrap_or_else(|| self.names().secret_name())
     }
 
     /// Whether inbound traffic to `port` goes through the sidecar.
     pub fn captures(&self, port: u16) -> bool {
-        !self.skip_inbound.contains(&port)
-            && match &self.inbound {
-                Inbound::All => true,
-                Inbound::Only(p) => p.contains(&port),
-            }
+        !self.skip_inbound.contains(&port) && self.inbound.contains(port)
     }
 }
 
@@ -213,10 +208,6 @@ pub(crate) fn annotation<'a>(
     ann.get(&format!("{PREFIX}{name}"))
         .and_then(Value::as_str)
         .map(str::trim)
-}
-
-fn list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Named container ports of the pod's app containers (name -> number).
@@ -278,34 +269,37 @@ pub fn declared_ports(pod: &Value) -> BTreeSet<u16> {
     out
 }
 
+/// What to write instead of a bad port annotation.
+const PORTS_FIX: &str =
+    "list port numbers (1-65535) or names of the pod's container ports, separated by commas";
+
 fn ports(
     pod: &Value,
     ann: &serde_json::Map<String, Value>,
     name: &str,
-) -> Result<Option<BTreeSet<u16>>, Rejection> {
+) -> Result<Option<PortSet>, Rejection> {
     let Some(value) = annotation(ann, name) else {
         return Ok(None);
     };
     let named = named_ports(pod);
-    let mut out = BTreeSet::new();
-    for item in list(value) {
-        let port = match item.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => named.iter().find(|(n, _)| n == item).map(|(_, p)| *p).ok_or_else(|| {
-                reject(
-                    name,
-                    format!("{item:?} is neither a port number nor the name of a container port"),
-                    "list port numbers (1-65535) or names of the pod's container ports, separated by commas",
-                )
-            })?,
-        };
-        out.insert(port);
-    }
-    Ok(Some(out))
+    ports::parse_ports_with(value, |item| {
+        named.iter().find(|(n, _)| n == item).map(|(_, p)| *p)
+    })
+    .map(Some)
+    .map_err(|e| {
+        reject(
+            name,
+            format!(
+                "{:?} is neither a port number nor the name of a container port",
+                e.item
+            ),
+            PORTS_FIX,
+        )
+    })
 }
 
-fn check_not_sidecar_ports(name: &str, ports: &BTreeSet<u16>) -> Result<(), Rejection> {
-    for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+fn check_not_sidecar_ports(name: &str, ports: &PortSet) -> Result<(), Rejection> {
+    for own in SIDECAR_PORTS {
         if ports.contains(&own) {
             return Err(reject(
                 name,
@@ -346,7 +340,7 @@ fn profile_ports(
         ));
     }
     if no_sidecar_ports {
-        for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+        for own in SIDECAR_PORTS {
             if set.contains(&own) {
                 return Err(bad(
                     format!(
@@ -361,31 +355,7 @@ fn profile_ports(
 }
 
 fn strings(ann: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<String>> {
-    annotation(ann, name).map(|v| list(v).map(str::to_owned).collect())
-}
-
-fn valid_spiffe_or_dns(item: &str) -> bool {
-    if let Some(rest) = item.strip_prefix("spiffe://") {
-        return rest.split_once('/').is_some_and(|(td, path)| {
-            !td.is_empty()
-                && td != "*"
-                && path
-                    .split('/')
-                    .all(|s| !s.is_empty() && (s == "*" || !s.contains('*')))
-        });
-    }
-    // These DNS rules must match the sidecar's `Pattern::parse`
-    // (sidecar/src/identity.rs): a name the webhook admits but the sidecar
-    // refuses leaves the pod with a sidecar that cannot start. The sidecar
-    // has no total-length limit; 253 (the DNS maximum) only rejects more.
-    let name = item.strip_prefix("*.").unwrap_or(item);
-    !name.is_empty()
-        && item.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+    annotation(ann, name).map(|v| ports::items(v).map(str::to_owned).collect())
 }
 
 /// Reads the pod's annotations and profiles into the settings for its patch.
@@ -434,30 +404,42 @@ pub fn resolve(
     };
 
     let inbound = match annotation(&ann, "inbound-ports") {
-        Some("*") => Inbound::All,
-        Some(_) => {
-            let p = ports(pod, &ann, "inbound-ports")?.unwrap_or_default();
-            if p.is_empty() {
-                return Err(reject(
+        Some(value) => {
+            let named = named_ports(pod);
+            let inbound = InboundPorts::parse_with(value, |item| {
+                named.iter().find(|(n, _)| n == item).map(|(_, p)| *p)
+            })
+            .map_err(|e| match e {
+                InboundPortsError::Empty => reject(
                     "inbound-ports",
                     "no ports given",
                     "list ports, or `*` for all",
-                ));
+                ),
+                InboundPortsError::Port(e) => reject(
+                    "inbound-ports",
+                    format!(
+                        "{:?} is neither a port number nor the name of a container port",
+                        e.item
+                    ),
+                    PORTS_FIX,
+                ),
+            })?;
+            if let InboundPorts::Only(p) = &inbound {
+                check_not_sidecar_ports("inbound-ports", p)?;
             }
-            check_not_sidecar_ports("inbound-ports", &p)?;
-            Inbound::Only(p)
+            inbound
         }
         None => match from_profile("inboundPorts", &profile.inbound_ports, true)? {
-            Some(p) if !p.is_empty() => Inbound::Only(p),
+            Some(p) if !p.is_empty() => InboundPorts::Only(p),
             _ => {
                 let declared = declared_ports(pod);
                 if declared.is_empty() {
                     warnings.push(format!(
                         "kube-mtls: the pod declares no container ports, so all inbound TCP ports are captured; set {PREFIX}inbound-ports to choose"
                     ));
-                    Inbound::All
+                    InboundPorts::All
                 } else {
-                    for own in [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT] {
+                    for own in SIDECAR_PORTS {
                         if declared.contains(&own) {
                             return Err(Rejection {
                                 subject: format!("container port {own}"),
@@ -466,7 +448,7 @@ pub fn resolve(
                             });
                         }
                     }
-                    Inbound::Only(declared)
+                    InboundPorts::Only(declared)
                 }
             }
         },
@@ -498,33 +480,30 @@ pub fn resolve(
     };
     check_not_sidecar_ports("outbound-ports", &outbound_ports)?;
 
-    let allowed_clients = strings(&ann, "allowed-clients")
-        .or_else(|| profile.allowed_clients.clone())
-        .unwrap_or_default();
-    for c in &allowed_clients {
-        if !valid_spiffe_or_dns(c) {
-            return Err(reject(
-                "allowed-clients",
-                format!("{c:?} is not a SPIFFE ID pattern or DNS name"),
-                "write spiffe://<trust domain>/ns/<namespace>/sa/<service account> (`*` for a whole segment) or a DNS name (letters, digits, '-'; labels of 1-63 characters, 253 in all)",
-            ));
-        }
+    let allowed_clients = match annotation(&ann, "allowed-clients") {
+        Some(v) => v.parse::<AllowedClients>(),
+        None => profile
+            .allowed_clients
+            .as_deref()
+            .unwrap_or_default()
+            .join(",")
+            .parse(),
     }
-    let skip_outbound_cidrs = strings(&ann, "skip-outbound-cidrs")
-        .or_else(|| profile.skip_outbound_cidrs.clone())
+    .map_err(|e| reject("allowed-clients", e.to_string(), PATTERN_FIX))?;
+    let cidrs = annotation(&ann, "skip-outbound-cidrs")
+        .map(str::to_owned)
+        .or_else(|| profile.skip_outbound_cidrs.as_ref().map(|c| c.join(",")))
         .unwrap_or_default();
-    for c in &skip_outbound_cidrs {
-        if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
-            return Err(reject(
-                "skip-outbound-cidrs",
-                format!("{c:?} is not a CIDR"),
-                "write networks such as 10.0.0.0/8,fd00::/8",
-            ));
-        }
-    }
+    let skip_outbound_cidrs = kube_mtls_contract::init::parse_cidrs(&cidrs).map_err(|problem| {
+        reject(
+            "skip-outbound-cidrs",
+            problem,
+            kube_mtls_contract::init::CIDRS_FIX,
+        )
+    })?;
     let dns_names = strings(&ann, "dns-names").unwrap_or_default();
     for d in &dns_names {
-        if !valid_spiffe_or_dns(d) || d.starts_with("spiffe://") {
+        if !matches!(d.parse(), Ok(IdentityPattern::Dns { .. })) {
             return Err(reject(
                 "dns-names",
                 format!("{d:?} is not a DNS name"),
@@ -738,7 +717,7 @@ mod tests {
         let view = view_with("strict", ok);
         let (r, _) = resolve(&pod(json!({PROFILE: "strict"})), "shop", &view, &defaults())
             .expect("valid profile rejected");
-        assert_eq!(r.inbound, Inbound::Only(BTreeSet::from([8080])));
+        assert_eq!(r.inbound, InboundPorts::Only(BTreeSet::from([8080])));
     }
 
     #[test]
@@ -749,13 +728,14 @@ mod tests {
             .map(|(r, _)| r)
             .expect_err("a 64-character label was accepted");
         assert_eq!(err.subject, "annotation kube-mtls.io/allowed-clients");
-        assert!(err.to_string().contains("63"), "{err}");
+        assert!(err.to_string().contains("1-63"), "{err}");
 
         let max = format!("*.{}.example.com", "a".repeat(63));
         let p = pod(json!({"kube-mtls.io/allowed-clients": max}));
         assert!(resolve(&p, "shop", &ClusterView::empty(), &defaults()).is_ok());
 
         let too_long = vec!["a".repeat(63); 4].join("."); // 255 characters
-        assert!(!valid_spiffe_or_dns(&too_long));
+        let p = pod(json!({"kube-mtls.io/allowed-clients": too_long}));
+        assert!(resolve(&p, "shop", &ClusterView::empty(), &defaults()).is_err());
     }
 }

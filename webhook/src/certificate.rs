@@ -2,7 +2,7 @@
 //!
 //! One Certificate per service account and namespace, named `kube-mtls-<sa>`
 //! and writing the Secret `kube-mtls-<sa>-tls` that injected pods mount (the
-//! rule is in [`crate::names`]). Everything resolved for the pod at admission
+//! rule is `kube_mtls_contract::names::Identity`). Everything resolved for the pod at admission
 //! is recorded on the Certificate as `kube-mtls.io/*` annotations: trust
 //! domain, DNS names, issuer, and the lifetime (`kube-mtls.io/duration`,
 //! `kube-mtls.io/renew-before`) that the pod's MtlsProfile or, failing that,
@@ -28,8 +28,9 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
+use kube_mtls_contract::names::Identity;
+
 use crate::annotations::Resolved;
-use crate::names;
 
 pub const FIELD_MANAGER: &str = "kube-mtls-webhook";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kube-mtls");
@@ -108,16 +109,25 @@ impl DesiredCertificate {
         })
     }
 
+    /// The names of the identity this Certificate is for.
+    pub fn names(&self) -> Identity<'_> {
+        Identity {
+            trust_domain: &self.trust_domain,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+        }
+    }
+
     pub fn name(&self) -> String {
-        names::certificate_name(&self.service_account)
+        self.names().certificate_name()
     }
 
     pub fn secret_name(&self) -> String {
-        names::secret_name(&self.service_account)
+        self.names().secret_name()
     }
 
     pub fn spiffe_id(&self) -> String {
-        names::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
+        self.names().spiffe_id()
     }
 
     /// Whether `cert` already has every label, annotation and spec field this

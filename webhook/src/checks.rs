@@ -32,7 +32,7 @@ pub fn proxy_uid(pod: &Value) -> Result<(), Rejection> {
     let runs_as_proxy = |v: Option<&Value>| {
         v.and_then(|s| s.pointer("/runAsUser"))
             .and_then(Value::as_i64)
-            == Some(PROXY_UID)
+            == Some(i64::from(PROXY_UID))
     };
     let mut subjects = Vec::new();
     if runs_as_proxy(pod.pointer("/spec/securityContext")) {

@@ -6,7 +6,6 @@
 //! - [`patch`]: the RFC 6902 operations on the pod's raw JSON.
 //! - [`certificate`]: the cert-manager Certificate of an identity.
 //! - [`controller`]: keeps those Certificates in line, removes orphans.
-//! - [`names`]: the naming rule (Certificate, Secret, SPIFFE ID) of an identity.
 //! - [`profile`]: the `MtlsProfile` CRD. [`cluster`]: profiles and namespaces from reflectors.
 //! - [`checks`]: what the pod's spec means for the injection (proxy UID, soft gaps).
 //! - [`resources`]: the sidecar's resource requests and limits, kept consistent.
@@ -22,7 +21,6 @@ pub mod cluster;
 pub mod controller;
 pub mod events;
 pub mod metrics;
-pub mod names;
 pub mod offline;
 pub mod patch;
 pub mod profile;
