@@ -7,6 +7,7 @@
 //! - [`certificate`]: the cert-manager Certificate of an identity.
 //! - [`controller`]: keeps those Certificates in line, removes orphans.
 //! - [`profile`]: the `MtlsProfile` CRD. [`cluster`]: profiles and namespaces from reflectors.
+//! - [`cli`]: the binary's flags.
 //! - [`checks`]: what the pod's spec means for the injection (proxy UID, soft gaps).
 //! - [`resources`]: the sidecar's resource requests and limits, kept consistent.
 //! - [`offline`]: `inject -f` for GitOps, over [`yaml`] that reads and writes
@@ -17,6 +18,7 @@ pub mod admission;
 pub mod annotations;
 pub mod certificate;
 pub mod checks;
+pub mod cli;
 pub mod cluster;
 pub mod controller;
 pub mod events;
