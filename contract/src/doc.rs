@@ -3,6 +3,87 @@
 
 use clap::Command;
 
+use crate::names::*;
+
+/// The fixed names and numbers as a table: what, and its value.
+pub fn fixed_names() -> String {
+    let rows = [
+        ("annotation / label prefix", format!("`{PREFIX}`")),
+        (
+            "opt-in",
+            format!(
+                "pod annotation or label `{INJECT}: enabled`, or namespace label `{INJECT}=enabled` (pod annotation `disabled` opts out)"
+            ),
+        ),
+        (
+            "status annotation written by the webhook",
+            format!("`{STATUS}` (JSON: injector version, names of what was injected)"),
+        ),
+        (
+            "profile",
+            format!(
+                "pod annotation `{PROFILE}`, or the namespace annotation `{PROFILE}` as the default"
+            ),
+        ),
+        (
+            "identity",
+            format!(
+                "`{}`",
+                Identity {
+                    trust_domain: "<trust domain>",
+                    namespace: "<namespace>",
+                    service_account: "<service account>",
+                }
+                .spiffe_id()
+            ),
+        ),
+        (
+            "sidecar ports",
+            format!(
+                "{INBOUND_PORT} inbound, {OUTBOUND_PORT} outbound (127.0.0.1 only), {ADMIN_PORT} admin (plain HTTP)"
+            ),
+        ),
+        ("sidecar UID / GID", format!("{PROXY_UID} / {PROXY_GID}")),
+        (
+            "init container",
+            format!("`{INIT_NAME}` (first init container), binary `{INIT_BINARY}`"),
+        ),
+        (
+            "sidecar container",
+            format!("`{SIDECAR_NAME}`, binary `{SIDECAR_BINARY}`"),
+        ),
+        (
+            "certificate volume",
+            format!(
+                "`{CERT_VOLUME}`, a Secret volume (`{}`) mounted read-only at `{CERT_DIR}`",
+                CERT_FILES.join("`, `")
+            ),
+        ),
+        (
+            "iptables lock volume",
+            format!("`{RUN_VOLUME}`, in memory, mounted at `/run` in the init container"),
+        ),
+        ("Certificate / Secret per identity", {
+            let id = Identity {
+                trust_domain: "",
+                namespace: "",
+                service_account: "<service account>",
+            };
+            format!(
+                "Certificate `{}` in the pod's namespace, Secret `{}`",
+                id.certificate_name(),
+                id.secret_name()
+            )
+        }),
+        ("default trust domain", format!("`{DEFAULT_TRUST_DOMAIN}`")),
+    ];
+    let mut out = String::from("| what | value |\n|---|---|\n");
+    for (what, value) in rows {
+        out.push_str(&format!("| {what} | {value} |\n"));
+    }
+    out
+}
+
 /// A table of `command`'s flags: flag, environment variable, default, meaning.
 pub fn flag_table(command: &Command) -> String {
     let mut out = String::from("| flag | environment | default | meaning |\n|---|---|---|---|\n");
@@ -35,10 +116,11 @@ pub fn flag_table(command: &Command) -> String {
             .get_possible_values()
             .iter()
             .filter(|_| arg.get_action().takes_values())
-            .map(|v| format!("`{}`", v.get_name()))
+            .map(|v| v.get_name().to_owned())
             .collect();
-        if !values.is_empty() && !help.contains(&values.join(", ")) {
-            help = format!("{help} One of {}.", values.join(", "));
+        if !values.iter().all(|v| help.contains(v.as_str())) {
+            let quoted: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
+            help = format!("{help} (one of {})", quoted.join(", "));
         }
         out.push_str(&format!(
             "| `--{long}` | {env} | {default} | {} |\n",

@@ -12,7 +12,7 @@
 //! - [`resources`]: the sidecar's resource requests and limits, kept consistent.
 //! - [`offline`]: `inject -f` for GitOps, over [`yaml`] that reads and writes
 //!   values as kubectl does. [`server`]: HTTPS and health ports.
-//! - [`events`], [`metrics`].
+//! - [`events`], [`metrics`]. [`docs`]: the generated docs/contract.md.
 
 pub mod admission;
 pub mod annotations;
@@ -21,6 +21,7 @@ pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
+pub mod docs;
 pub mod events;
 pub mod metrics;
 pub mod offline;

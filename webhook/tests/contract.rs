@@ -273,3 +273,74 @@ fn every_annotation_writes_containers_their_binaries_accept_with_the_settings_it
         }
     }
 }
+
+fn repo_file(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn the_contract_page_is_generated_from_the_flags() {
+    assert_eq!(
+        repo_file("docs/contract.md"),
+        kube_mtls_webhook::docs::contract_page(),
+        "docs/contract.md is stale: run scripts/generate.sh"
+    );
+}
+
+/// The flags of `command` (and of its subcommands when `deep`) without help/version.
+fn longs(command: &clap::Command, deep: bool) -> Vec<String> {
+    let mut out: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "help" | "version"))
+        .map(|l| format!("`--{l}`"))
+        .collect();
+    if deep {
+        for sub in command
+            .get_subcommands()
+            .filter(|s| s.get_name() == "serve")
+        {
+            out.extend(longs(sub, false));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_lists_every_flag_of_every_binary() {
+    use clap::CommandFactory;
+    let readme = repo_file("README.md");
+    let section = |name: &str| {
+        let start = readme
+            .find(&format!("<!-- section: {name} -->"))
+            .unwrap_or_else(|| panic!("no README section {name}"));
+        let end = readme[start..]
+            .find(&format!("<!-- /section: {name} -->"))
+            .unwrap_or_else(|| panic!("README section {name} is not closed"));
+        &readme[start..start + end]
+    };
+    let cases = [
+        (
+            "sidecar",
+            longs(&kube_mtls_sidecar::config::Args::command(), false),
+        ),
+        (
+            "init",
+            longs(&kube_mtls_init::config::Args::command(), false),
+        ),
+        (
+            "webhook",
+            longs(&kube_mtls_webhook::cli::Cli::command(), true),
+        ),
+    ];
+    for (name, flags) in cases {
+        let text = section(name);
+        for flag in flags {
+            assert!(
+                text.contains(&flag),
+                "README section {name} does not mention {flag}"
+            );
+        }
+    }
+}
