@@ -1,5 +1,5 @@
 //! Pod annotations (`kube-mtls.io/*`, arbitrary names and values) and
-//! MtlsProfiles → `annotations::resolve` → `patch::inject`.
+//! MtlsProfiles → `resolve::resolve` → `patch::inject`.
 //!
 //! Why: annotations are free text written by app teams, and every one of them
 //! is parsed by the webhook (ports, port names, CIDRs, SPIFFE patterns,
@@ -358,7 +358,7 @@ fuzz_target!(|input: Input| {
     };
     let defaults = defaults(input.native_default);
 
-    let Ok((resolved, _warnings)) = annotations::resolve(&pod, NAMESPACE, &view, &defaults) else {
+    let Ok((resolved, _warnings)) = kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults) else {
         return; // refused with a reason: fine
     };
     let own = SIDECAR_PORTS;

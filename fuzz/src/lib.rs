@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use clap::Parser;
 use kube_mtls_webhook::admission::{self, Decision, Skip};
-use kube_mtls_webhook::annotations::Defaults;
+use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
 use kube_mtls_webhook::profile::IssuerRef;

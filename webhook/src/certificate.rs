@@ -30,7 +30,8 @@ use serde_json::{Value, json};
 
 use kube_mtls_contract::names::Identity;
 
-use crate::annotations::Resolved;
+use crate::profile::IssuerRef;
+use crate::resolve::Resolved;
 
 pub const FIELD_MANAGER: &str = "kube-mtls-webhook";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kube-mtls");
@@ -56,8 +57,7 @@ pub struct DesiredCertificate {
     pub service_account: String,
     pub trust_domain: String,
     pub dns_names: Vec<String>,
-    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
-    pub issuer: (String, String),
+    pub issuer: IssuerRef,
     pub duration: String,
     pub renew_before: String,
 }
@@ -69,7 +69,7 @@ impl DesiredCertificate {
             service_account: r.service_account.clone(),
             trust_domain: r.trust_domain.clone(),
             dns_names: r.dns_names.clone(),
-            issuer: (r.issuer.kind.clone(), r.issuer.name.clone()),
+            issuer: r.issuer.clone(),
             duration: r.cert_duration.clone(),
             renew_before: r.cert_renew_before.clone(),
         }
@@ -86,7 +86,7 @@ impl DesiredCertificate {
     ) -> Option<Self> {
         let ann = cert.metadata.annotations.as_ref()?;
         let sa = cert.metadata.labels.as_ref()?.get(SA_LABEL)?.clone();
-        let (kind, name) = ann.get(ANN_ISSUER)?.split_once('/')?;
+        let issuer = ann.get(ANN_ISSUER)?.parse().ok()?;
         let lifetime = |annotation: &str, field: &str, flag: &str| {
             recorded(cert, annotation, field).unwrap_or_else(|| flag.to_owned())
         };
@@ -103,7 +103,7 @@ impl DesiredCertificate {
                         .collect()
                 })
                 .unwrap_or_default(),
-            issuer: (kind.to_owned(), name.to_owned()),
+            issuer,
             duration: lifetime(ANN_DURATION, "duration", flag_duration),
             renew_before: lifetime(ANN_RENEW_BEFORE, "renewBefore", flag_renew_before),
         })
@@ -160,7 +160,7 @@ impl DesiredCertificate {
             "uris": [self.spiffe_id()],
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-            "issuerRef": {"group": "cert-manager.io", "kind": self.issuer.0, "name": self.issuer.1},
+            "issuerRef": {"group": "cert-manager.io", "kind": self.issuer.kind, "name": self.issuer.name},
         });
         if !self.dns_names.is_empty() {
             spec["dnsNames"] = json!(self.dns_names);
@@ -180,7 +180,7 @@ impl DesiredCertificate {
                 "annotations": {
                     ANN_TRUST_DOMAIN: self.trust_domain,
                     ANN_DNS_NAMES: self.dns_names.join(","),
-                    ANN_ISSUER: format!("{}/{}", self.issuer.0, self.issuer.1),
+                    ANN_ISSUER: self.issuer.to_string(),
                     ANN_DURATION: self.duration,
                     ANN_RENEW_BEFORE: self.renew_before,
                 },
@@ -244,7 +244,10 @@ mod tests {
             service_account: "orders".into(),
             trust_domain: "cluster.local".into(),
             dns_names: vec!["orders.shop.svc".into()],
-            issuer: ("ClusterIssuer".into(), "kube-mtls-ca".into()),
+            issuer: IssuerRef {
+                kind: "ClusterIssuer".into(),
+                name: "kube-mtls-ca".into(),
+            },
             duration: "720h".into(),
             renew_before: "240h".into(),
         }

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::annotations::{PREFIX, PROXY_UID, Rejection, Resolved};
+use crate::annotations::{PREFIX, PROXY_UID, Rejection};
+use crate::resolve::Resolved;
 
 fn containers<'a>(pod: &'a Value, list: &str) -> impl Iterator<Item = &'a Value> {
     pod.pointer(&format!("/spec/{list}"))

@@ -2,7 +2,7 @@
 //! sidecar into opted-in pods, and keeps their identities' certificates.
 //!
 //! - [`admission`]: the policy (skip, inject, reject) and the AdmissionReview wire format.
-//! - [`annotations`]: `kube-mtls.io/*` annotations and settings resolution.
+//! - [`annotations`]: `kube-mtls.io/*` annotations; [`resolve`]: the settings they resolve to.
 //! - [`patch`]: the RFC 6902 operations on the pod's raw JSON.
 //! - [`certificate`]: the cert-manager Certificate of an identity.
 //! - [`controller`]: keeps those Certificates in line, removes orphans.
@@ -23,10 +23,14 @@ pub mod cluster;
 pub mod controller;
 pub mod docs;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
 pub mod offline;
 pub mod patch;
 pub mod profile;
+pub mod resolve;
 pub mod resources;
 pub mod server;
+pub mod skip;
 pub mod yaml;

@@ -6,37 +6,29 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_mtls_webhook::admission::Admission;
-use kube_mtls_webhook::annotations::Defaults;
 use kube_mtls_webhook::cli::{Cli, Command, InjectionFlags, ServeArgs};
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::metrics::Metrics;
 use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, crd_yaml};
+use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::{controller, events, offline, server};
 
 fn defaults(f: &InjectionFlags, native: bool) -> anyhow::Result<Defaults> {
-    let Some((kind @ ("ClusterIssuer" | "Issuer"), name)) = f.issuer.split_once('/') else {
-        bail!(
-            "--issuer (KUBE_MTLS_ISSUER): {:?} is not ClusterIssuer/<name> or Issuer/<name>",
-            f.issuer
-        );
-    };
-    if name.is_empty() {
-        bail!("--issuer (KUBE_MTLS_ISSUER): the issuer name is empty");
-    }
+    let issuer: IssuerRef = f
+        .issuer
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--issuer (KUBE_MTLS_ISSUER): {e}"))?;
     Ok(Defaults {
         sidecar_image: f.sidecar_image.clone(),
         trust_domain: f.trust_domain.clone(),
-        issuer: IssuerRef {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-        },
+        issuer,
         cert_duration: f.cert_duration.clone(),
         cert_renew_before: f.cert_renew_before.clone(),
         native_sidecar: native,

@@ -18,7 +18,7 @@ use kube_mtls_contract::probe::{
 use kube_mtls_contract::{LogFormat, Rendered, init, sidecar};
 use serde_json::{Value, json};
 
-use crate::annotations::Resolved;
+use crate::resolve::Resolved;
 
 pub use kube_mtls_contract::names::{CERT_VOLUME, INIT_NAME, RUN_VOLUME, SIDECAR_NAME};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -184,56 +184,63 @@ enum Target {
     Warn(String),
 }
 
+/// The warning for a probe whose port cannot be resolved.
+fn unresolved(cname: &str, kind: &str) -> Target {
+    Target::Warn(format!(
+        "kube-mtls: {cname} {kind} probe port cannot be resolved; left as is"
+    ))
+}
+
+/// The target of an `httpGet` probe `h` of container `c`.
+fn http_target(h: &Value, c: &Value, cname: &str, kind: &str) -> Target {
+    if h.get("host")
+        .and_then(Value::as_str)
+        .is_some_and(|h| !h.is_empty())
+    {
+        return Target::Leave; // probes another host: not ours to forward
+    }
+    let Some(port) = h.get("port").and_then(|p| probe_port(p, c)) else {
+        return unresolved(cname, kind);
+    };
+    let http_headers = match h.get("httpHeaders") {
+        None => Vec::new(),
+        Some(hd) => match serde_json::from_value::<Vec<ProbeHeader>>(hd.clone()) {
+            Ok(v) => v,
+            Err(_) => {
+                return Target::Warn(format!(
+                    "kube-mtls: {cname} {kind} probe httpHeaders are not name/value pairs; left as is"
+                ));
+            }
+        },
+    };
+    // Written with the API server's defaults filled in, so a pod injected
+    // offline and one defaulted by the API server get the same target.
+    let text = |key: &str, default: &str| {
+        h.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let http = HttpGetProbe {
+        port,
+        path: text("path", "/"),
+        scheme: text("scheme", "HTTP"),
+        http_headers,
+    };
+    let target = ProbeTarget {
+        http_get: Some(http),
+        ..ProbeTarget::default()
+    };
+    Target::Forward(target, port)
+}
+
 /// Reads the target of one probe of container `c`.
 fn probe_target(probe: &Value, c: &Value, cname: &str, kind: &str) -> Target {
-    let unresolved = || {
-        Target::Warn(format!(
-            "kube-mtls: {cname} {kind} probe port cannot be resolved; left as is"
-        ))
-    };
     if let Some(h) = probe.get("httpGet") {
-        if h.get("host")
-            .and_then(Value::as_str)
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Target::Leave; // probes another host: not ours to forward
-        }
-        let Some(port) = h.get("port").and_then(|p| probe_port(p, c)) else {
-            return unresolved();
-        };
-        let http_headers = match h.get("httpHeaders") {
-            None => Vec::new(),
-            Some(hd) => match serde_json::from_value::<Vec<ProbeHeader>>(hd.clone()) {
-                Ok(v) => v,
-                Err(_) => {
-                    return Target::Warn(format!(
-                        "kube-mtls: {cname} {kind} probe httpHeaders are not name/value pairs; left as is"
-                    ));
-                }
-            },
-        };
-        // Written with the API server's defaults filled in, so a pod injected
-        // offline and one defaulted by the API server get the same target.
-        let text = |key: &str, default: &str| {
-            h.get(key)
-                .and_then(Value::as_str)
-                .unwrap_or(default)
-                .to_owned()
-        };
-        let http = HttpGetProbe {
-            port,
-            path: text("path", "/"),
-            scheme: text("scheme", "HTTP"),
-            http_headers,
-        };
-        let target = ProbeTarget {
-            http_get: Some(http),
-            ..ProbeTarget::default()
-        };
-        Target::Forward(target, port)
+        http_target(h, c, cname, kind)
     } else if let Some(t) = probe.get("tcpSocket") {
         let Some(port) = t.get("port").and_then(|p| probe_port(p, c)) else {
-            return unresolved();
+            return unresolved(cname, kind);
         };
         let tcp = TcpSocketProbe { port };
         Target::Forward(
@@ -431,4 +438,150 @@ pub fn apply(pod: &Value, ops: &[Value]) -> Result<Value, String> {
     let mut out = pod.clone();
     json_patch::patch(&mut out, &patch).map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterView;
+    use crate::fixtures::{NS, container, defaults, pod};
+    use crate::resolve::resolve;
+
+    fn injected(p: &Value, native: bool) -> (Value, Injection) {
+        let (r, _) = resolve(p, NS, &ClusterView::empty(), &defaults(native)).expect("resolves");
+        let injection = inject(p, &r);
+        (apply(p, &injection.ops).expect("applies"), injection)
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_sidecar_goes_where_its_mode_says() {
+        let (native, _) = injected(&pod().build(), true);
+        assert_eq!(
+            names(&native["spec"]["initContainers"]),
+            [INIT_NAME, SIDECAR_NAME]
+        );
+        assert_eq!(
+            native["spec"]["initContainers"][1]["restartPolicy"],
+            "Always"
+        );
+        let (regular, _) = injected(&pod().build(), false);
+        assert_eq!(names(&regular["spec"]["initContainers"]), [INIT_NAME]);
+        assert_eq!(names(&regular["spec"]["containers"]), [SIDECAR_NAME, "app"]);
+        assert_eq!(
+            regular["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
+            json!(sidecar::wait_ready_command(ADMIN_PORT))
+        );
+        let with_init = pod()
+            .init_containers(vec![container("migrate").build()])
+            .build();
+        let (p, _) = injected(&with_init, true);
+        assert_eq!(
+            names(&p["spec"]["initContainers"]),
+            [INIT_NAME, SIDECAR_NAME, "migrate"]
+        );
+        let (p, _) = injected(&with_init, false);
+        assert_eq!(names(&p["spec"]["initContainers"]), [INIT_NAME, "migrate"]);
+    }
+
+    #[test]
+    fn the_rendered_args_are_the_settings() {
+        let p = pod()
+            .annotate("tcp-ports", "5432")
+            .annotate("outbound-ports", "443")
+            .build();
+        let (patched, injection) = injected(&p, true);
+        let init = &patched["spec"]["initContainers"][0];
+        assert_eq!(init["args"], json!(injection.init.render().args));
+        assert!(
+            init["args"].to_string().contains("--outbound-ports=443"),
+            "{init}"
+        );
+        let side = &patched["spec"]["initContainers"][1];
+        assert_eq!(side["args"], json!(injection.sidecar.render().args));
+        assert_eq!(injection.sidecar.outbound_port, OUTBOUND_PORT);
+        assert!(
+            side["args"].to_string().contains("--tcp-ports=5432"),
+            "{side}"
+        );
+        assert_eq!(side["securityContext"]["runAsUser"], PROXY_UID);
+        let (_, without) = injected(&pod().build(), true);
+        assert_eq!(
+            without.sidecar.outbound_port, 0,
+            "no outbound capture, no listener"
+        );
+    }
+
+    #[test]
+    fn probes_on_captured_ports_go_through_the_admin_port_and_others_stay() {
+        let app = container("app")
+            .port("http", 8080)
+            .port("debug", 9090)
+            .probe(
+                "readinessProbe",
+                json!({"httpGet": {"port": "http", "path": "/ready"}, "periodSeconds": 3}),
+            )
+            .probe("livenessProbe", json!({"tcpSocket": {"port": 9090}}))
+            .probe("startupProbe", json!({"exec": {"command": ["true"]}}))
+            .build();
+        let p = pod()
+            .containers(vec![app])
+            .annotate("inbound-ports", "8080")
+            .build();
+        let (patched, injection) = injected(&p, true);
+        let c = &patched["spec"]["containers"][0];
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"],
+            "/app-health/app/readiness"
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], ADMIN_PORT);
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 3);
+        assert_eq!(
+            c["livenessProbe"]["tcpSocket"]["port"], 9090,
+            "not captured: left alone"
+        );
+        assert!(c["startupProbe"].get("exec").is_some());
+        let probes: Vec<&String> = injection.sidecar.app_probes.keys().collect();
+        assert_eq!(probes, ["app/readiness"]);
+        let target = &injection.sidecar.app_probes["app/readiness"];
+        assert_eq!(
+            target.http_get.as_ref().map(|h| (h.port, h.path.as_str())),
+            Some((8080, "/ready"))
+        );
+    }
+
+    #[test]
+    fn volumes_and_status_are_added_once() {
+        let p = pod()
+            .spec("volumes", json!([{"name": "data", "emptyDir": {}}]))
+            .build();
+        let (patched, _) = injected(&p, true);
+        assert_eq!(
+            names(&patched["spec"]["volumes"]),
+            ["data", CERT_VOLUME, RUN_VOLUME]
+        );
+        assert_eq!(
+            patched["spec"]["volumes"][1]["secret"]["secretName"],
+            "kube-mtls-orders-tls"
+        );
+        let status: Value = serde_json::from_str(
+            patched["metadata"]["annotations"][STATUS]
+                .as_str()
+                .expect("status"),
+        )
+        .expect("JSON");
+        assert_eq!(
+            status["identity"],
+            "spiffe://cluster.local/ns/shop/sa/orders"
+        );
+        assert!(already_injected(&patched));
+        assert!(!already_injected(&p));
+    }
 }

@@ -10,12 +10,40 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A cert-manager issuer.
+/// A cert-manager issuer: the one type for the flag, the annotation, the
+/// profile field and the record on a Certificate (written `<kind>/<name>`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct IssuerRef {
     /// `ClusterIssuer` or `Issuer` (an Issuer in the pod's namespace).
     pub kind: String,
     pub name: String,
+}
+
+impl std::str::FromStr for IssuerRef {
+    type Err = String;
+
+    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v.split_once('/') {
+            Some((kind @ ("ClusterIssuer" | "Issuer"), name))
+                if !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(IssuerRef {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "{v:?} is not ClusterIssuer/<name> or Issuer/<name>"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for IssuerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
 }
 
 /// mTLS settings shared by the pods that use this profile. Every field is

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use kube_mtls_contract::names::{CERT_FILES, INIT_NAME, SIDECAR_NAME};
 use kube_mtls_contract::{init, parse_container, sidecar};
 use kube_mtls_webhook::admission::{Decision, decide};
-use kube_mtls_webhook::annotations::{DOCUMENTED, Defaults, INJECT, PREFIX};
+use kube_mtls_webhook::annotations::{DOCUMENTED, INJECT, PREFIX};
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::offline::{self, Options};
 use kube_mtls_webhook::patch;
 use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, MtlsProfileSpec};
+use kube_mtls_webhook::resolve::Defaults;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
