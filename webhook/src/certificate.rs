@@ -29,6 +29,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::{Value, json};
 
 use kube_mtls_contract::names::Identity;
+use kube_mtls_contract::ports;
 
 use crate::profile::IssuerRef;
 use crate::resolve::Resolved;
@@ -96,12 +97,7 @@ impl DesiredCertificate {
             trust_domain: ann.get(ANN_TRUST_DOMAIN)?.clone(),
             dns_names: ann
                 .get(ANN_DNS_NAMES)
-                .map(|d| {
-                    d.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|d| ports::items(d).map(str::to_owned).collect())
                 .unwrap_or_default(),
             issuer,
             duration: lifetime(ANN_DURATION, "duration", flag_duration),
