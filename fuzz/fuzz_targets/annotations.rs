@@ -1,5 +1,5 @@
 //! Pod annotations (`kube-mtls.io/*`, arbitrary names and values) and
-//! MtlsProfiles → `annotations::resolve` → `patch::inject`.
+//! MtlsProfiles → `resolve::resolve` → `patch::inject`.
 //!
 //! Why: annotations are free text written by app teams, and every one of them
 //! is parsed by the webhook (ports, port names, CIDRs, SPIFFE patterns,
@@ -18,9 +18,9 @@ use arbitrary::Arbitrary;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_mtls_fuzz::{check_injection, defaults};
-use kube_mtls_webhook::annotations::{
-    self, ADMIN_PORT, DOCUMENTED, INBOUND_PORT, Inbound, OUTBOUND_PORT, PREFIX, PROFILE,
-};
+use kube_mtls_contract::names::SIDECAR_PORTS;
+use kube_mtls_contract::ports::InboundPorts;
+use kube_mtls_webhook::annotations::{self, DOCUMENTED, PREFIX, PROFILE};
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch;
 use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, MtlsProfileSpec};
@@ -78,7 +78,7 @@ impl Token {
         match self {
             Token::Port(p) => p.to_string(),
             Token::Big(p) => p.to_string(),
-            Token::Own(i) => [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT][*i as usize % 3].to_string(),
+            Token::Own(i) => SIDECAR_PORTS[*i as usize % SIDECAR_PORTS.len()].to_string(),
             Token::PortName(i) if !port_names.is_empty() => {
                 port_names[*i as usize % port_names.len()].clone()
             }
@@ -358,11 +358,11 @@ fuzz_target!(|input: Input| {
     };
     let defaults = defaults(input.native_default);
 
-    let Ok((resolved, _warnings)) = annotations::resolve(&pod, NAMESPACE, &view, &defaults) else {
+    let Ok((resolved, _warnings)) = kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults) else {
         return; // refused with a reason: fine
     };
-    let own = [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT];
-    if let Inbound::Only(p) = &resolved.inbound {
+    let own = SIDECAR_PORTS;
+    if let InboundPorts::Only(p) = &resolved.inbound {
         assert!(!p.is_empty(), "no inbound ports captured: {resolved:?}");
         assert!(
             own.iter().all(|o| !p.contains(o)),
@@ -390,6 +390,10 @@ fuzz_target!(|input: Input| {
         return;
     }
     let injection = patch::inject(&pod, &resolved);
+    // `decide` refuses, with the flag's message, what the binaries' parsers refuse.
+    if patch::parse_back(&injection).is_err() {
+        return;
+    }
     check_injection(
         &pod,
         &json!(injection.ops),

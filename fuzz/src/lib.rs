@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use clap::Parser;
 use kube_mtls_webhook::admission::{self, Decision, Skip};
-use kube_mtls_webhook::annotations::Defaults;
+use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
 use kube_mtls_webhook::profile::IssuerRef;
@@ -32,6 +32,8 @@ pub fn defaults(native_sidecar: bool) -> Defaults {
         cert_duration: "24h".into(),
         cert_renew_before: "8h".into(),
         native_sidecar,
+        mode: Default::default(),
+        policy: Default::default(),
     }
 }
 
@@ -116,6 +118,7 @@ pub fn check_injection(
         .filter(|a| !a.starts_with("--cert-dir="))
         .collect();
     sidecar_args.push(format!("--cert-dir={}", cert_dir().display()));
+    let mut env = Vec::new();
     for e in sidecar
         .get("env")
         .and_then(Value::as_array)
@@ -131,23 +134,16 @@ pub fn check_injection(
         if name == "KUBE_MTLS_APP_PROBES" && !api_valid {
             continue;
         }
-        if let Some(flag) = name.strip_prefix("KUBE_MTLS_") {
-            sidecar_args.push(format!(
-                "--{}={value}",
-                flag.to_ascii_lowercase().replace('_', "-")
-            ));
-        }
+        env.push((name.to_owned(), value.to_owned()));
     }
     // Once found by fuzzing: a DNS label over 63 characters that the webhook
     // took and the sidecar refused. fuzz/regressions/admission_review/long-dns-label.json.
-    let parsed = kube_mtls_sidecar::config::Args::try_parse_from(
-        std::iter::once("kube-mtls-sidecar".to_owned()).chain(sidecar_args.iter().cloned()),
-    )
-    .unwrap_or_else(|e| {
-        panic!("kube-mtls-sidecar refuses its injected args {sidecar_args:?}: {e}")
-    });
+    let parsed: kube_mtls_sidecar::config::Args =
+        kube_mtls_contract::parse_container(SIDECAR_NAME, &sidecar_args, &env).unwrap_or_else(
+            |e| panic!("kube-mtls-sidecar refuses its injected args {sidecar_args:?} {env:?}: {e}"),
+        );
     if let Err(e) = kube_mtls_sidecar::config::Config::from_args(&parsed) {
-        panic!("kube-mtls-sidecar refuses its injected args {sidecar_args:?}: {e}");
+        panic!("kube-mtls-sidecar refuses its injected args {sidecar_args:?} {env:?}: {e}");
     }
     patched
 }

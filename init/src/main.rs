@@ -1,31 +1,13 @@
-use std::io::IsTerminal;
+//! The `kube-mtls-init` binary: flags in, rules installed (or printed, or removed).
 
 use clap::Parser;
 use kube_mtls_init::config::{Args, Config, Ipv6Choice};
 use kube_mtls_init::rules::{self, Existing, Family};
 use kube_mtls_init::{apply, backend};
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        "auto" => !std::io::stderr().is_terminal(),
-        other => anyhow::bail!(
-            "--log-format (KUBE_MTLS_LOG_FORMAT): {other:?} is not json, text or auto"
-        ),
-    };
-    let b = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    if json {
-        b.json().flatten_event(true).init();
-    } else {
-        b.init();
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format)?;
+    kube_mtls_telemetry::init(args.log_format, &args.log_level)?;
     let cfg = Config::from_args(&args)?;
 
     if args.dry_run {

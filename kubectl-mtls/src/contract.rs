@@ -12,23 +12,24 @@
 
 use k8s_openapi::api::core::v1::Container;
 
+pub use kube_mtls_contract::names::certificate_name;
 pub use kube_mtls_sidecar::identity::{AllowList, PeerIdentity, SpiffeId};
-pub use kube_mtls_webhook::annotations::{Defaults, INJECT, PREFIX, Rejection, Resolved, STATUS};
+pub use kube_mtls_webhook::annotations::{INJECT, PREFIX, Rejection, STATUS};
 pub use kube_mtls_webhook::certificate::api_resource as certificate_resource;
 pub use kube_mtls_webhook::cluster::ClusterView;
-pub use kube_mtls_webhook::names::{certificate_name, spiffe_id};
 pub use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
 pub use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile};
+pub use kube_mtls_webhook::resolve::{Defaults, Resolved};
 
 /// Resolves a pod's settings exactly as the webhook does at admission.
-pub use kube_mtls_webhook::annotations::resolve;
+pub use kube_mtls_webhook::resolve::resolve;
 
-/// `strict` (mTLS only) or `permissive` (plaintext accepted too).
-pub const MODE: &str = "kube-mtls.io/mode";
-/// `enforce` (refuse callers not allowed) or `audit` (log them, let them through).
-pub const POLICY: &str = "kube-mtls.io/policy";
-pub const MODE_DEFAULT: &str = "strict";
-pub const POLICY_DEFAULT: &str = "enforce";
+pub use kube_mtls_contract::names::{MODE, POLICY};
+use kube_mtls_contract::sidecar::{MtlsMode, Policy};
+/// What a pod that sets no mode gets from a webhook with default flags.
+pub const MODE_DEFAULT: &str = MtlsMode::Strict.as_str();
+/// What a pod that sets no policy gets from a webhook with default flags.
+pub const POLICY_DEFAULT: &str = Policy::Enforce.as_str();
 
 /// The label the chart puts on everything it installs.
 pub const CHART_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kube-mtls");
@@ -58,10 +59,14 @@ pub struct WebhookFlags {
     pub native_sidecar: String,
     /// Where the serving certificate is mounted.
     pub tls_dir: String,
+    /// `strict` or `permissive`, for pods that set no mode.
+    pub default_mode: String,
+    /// `enforce` or `audit`, for pods that set no policy.
+    pub default_policy: String,
 }
 
 /// (flag, environment variable, default) of `kube-mtls-webhook serve`.
-const FLAGS: [(&str, &str, &str); 7] = [
+const FLAGS: [(&str, &str, &str); 9] = [
     (
         "sidecar-image",
         "KUBE_MTLS_SIDECAR_IMAGE",
@@ -80,6 +85,8 @@ const FLAGS: [(&str, &str, &str); 7] = [
         "KUBE_MTLS_WEBHOOK_TLS_DIR",
         "/var/run/kube-mtls/webhook-tls",
     ),
+    ("default-mode", "KUBE_MTLS_DEFAULT_MODE", MODE_DEFAULT),
+    ("default-policy", "KUBE_MTLS_DEFAULT_POLICY", POLICY_DEFAULT),
 ];
 
 impl WebhookFlags {
@@ -113,8 +120,17 @@ impl WebhookFlags {
     }
 
     fn from_lookup(get: impl Fn(&str, &str) -> Option<String>) -> Self {
-        let [image, td, issuer, duration, renew, native, tls] =
-            FLAGS.map(|(flag, var, default)| get(flag, var).unwrap_or_else(|| default.to_owned()));
+        let [
+            image,
+            td,
+            issuer,
+            duration,
+            renew,
+            native,
+            tls,
+            mode,
+            policy,
+        ] = FLAGS.map(|(flag, var, default)| get(flag, var).unwrap_or_else(|| default.to_owned()));
         WebhookFlags {
             sidecar_image: image,
             trust_domain: td,
@@ -123,6 +139,8 @@ impl WebhookFlags {
             cert_renew_before: renew,
             native_sidecar: native,
             tls_dir: tls,
+            default_mode: mode,
+            default_policy: policy,
         }
     }
 
@@ -152,6 +170,8 @@ impl WebhookFlags {
             cert_duration: self.cert_duration.clone(),
             cert_renew_before: self.cert_renew_before.clone(),
             native_sidecar: self.native_sidecar != "false",
+            mode: clap::ValueEnum::from_str(&self.default_mode, false).unwrap_or_default(),
+            policy: clap::ValueEnum::from_str(&self.default_policy, false).unwrap_or_default(),
         }
     }
 }

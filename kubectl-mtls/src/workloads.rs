@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::certs;
 use crate::check::webhook::sidecar;
 use crate::contract::{
-    ClusterView, INIT_NAME, MODE, MODE_DEFAULT, MtlsProfile, POLICY, POLICY_DEFAULT, Resolved,
-    SIDECAR_NAME, STATUS, WebhookFlags, certificate_name, certificate_resource, resolve,
+    ClusterView, INIT_NAME, MODE, MtlsProfile, POLICY, Resolved, SIDECAR_NAME, STATUS,
+    WebhookFlags, certificate_name, certificate_resource, resolve,
 };
 use crate::install;
 
@@ -218,8 +218,8 @@ fn workload(
         identity: String::new(),
         trust_domain: flags.trust_domain.clone(),
         service_account: sa,
-        mode: pick(MODE, MODE_DEFAULT),
-        policy: pick(POLICY, POLICY_DEFAULT),
+        mode: pick(MODE, &flags.default_mode),
+        policy: pick(POLICY, &flags.default_policy),
         allowed_clients: Vec::new(),
         dns_names: Vec::new(),
         profile: None,
@@ -232,9 +232,16 @@ fn workload(
             w.identity = r.identity();
             w.trust_domain = r.trust_domain;
             w.service_account = r.service_account;
-            w.allowed_clients = r.allowed_clients;
+            w.allowed_clients = r
+                .allowed_clients
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             w.dns_names = r.dns_names;
             w.profile = r.profile;
+            w.mode = r.mode.as_str().to_owned();
+            w.policy = r.policy.as_str().to_owned();
         }
         Err(e) => w.error = Some(e),
     }

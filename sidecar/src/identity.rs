@@ -10,30 +10,13 @@ use std::fmt;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// A malformed allow-list entry.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PatternError {
-    #[error("{0:?} is not a valid SPIFFE ID pattern: {1}")]
-    Spiffe(String, &'static str),
-    #[error("{0:?} is not a valid DNS name pattern: {1}")]
-    Dns(String, &'static str),
-}
-
-/// One allow-list entry.
-#[derive(Debug, Clone, PartialEq)]
-enum Pattern {
-    /// Path segments after the trust domain; `None` is a `*` wildcard.
-    Spiffe {
-        trust_domain: String,
-        segments: Vec<Option<String>>,
-    },
-    /// Lower-cased; a leading `*.` matches exactly one label.
-    Dns { wildcard: bool, name: String },
-}
+pub use kube_mtls_contract::pattern::PatternError;
+use kube_mtls_contract::pattern::{AllowedClients, IdentityPattern as Pattern};
 
 /// The callers a pod accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllowList {
+    /// Parsed by the contract's grammar, the one the webhook checks annotations with.
     patterns: Vec<Pattern>,
     /// With no patterns: any SPIFFE ID in this trust domain.
     trust_domain: String,
@@ -42,16 +25,15 @@ pub struct AllowList {
 impl AllowList {
     /// Parses a comma-separated list; an empty list allows the pod's own trust domain.
     pub fn parse(list: &str, trust_domain: &str) -> Result<Self, PatternError> {
-        let patterns = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(Pattern::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AllowList {
-            patterns,
+        Ok(AllowList::new(list.parse()?, trust_domain))
+    }
+
+    /// The allow-list of already parsed patterns.
+    pub fn new(clients: AllowedClients, trust_domain: &str) -> Self {
+        AllowList {
+            patterns: clients.0,
             trust_domain: trust_domain.to_ascii_lowercase(),
-        })
+        }
     }
 
     /// Decides whether a verified peer may call; `Err` carries the reason for the log.
@@ -94,58 +76,6 @@ impl AllowList {
         } else {
             Err("identity is not on the allow-list".to_owned())
         }
-    }
-}
-
-impl Pattern {
-    fn parse(s: &str) -> Result<Self, PatternError> {
-        if let Some(rest) = s.strip_prefix("spiffe://") {
-            let bad = |why| PatternError::Spiffe(s.to_owned(), why);
-            let (td, path) = rest
-                .split_once('/')
-                .ok_or_else(|| bad("it has no path after the trust domain"))?;
-            if td.is_empty() || td == "*" {
-                return Err(bad("the trust domain must be a name, not empty or `*`"));
-            }
-            let mut segments = Vec::new();
-            for seg in path.split('/') {
-                match seg {
-                    "" => return Err(bad("it has an empty path segment")),
-                    "*" => segments.push(None),
-                    s if s.contains('*') => {
-                        return Err(bad("`*` must stand alone as a whole segment"));
-                    }
-                    s => segments.push(Some(s.to_owned())),
-                }
-            }
-            return Ok(Pattern::Spiffe {
-                trust_domain: td.to_ascii_lowercase(),
-                segments,
-            });
-        }
-        let bad = |why| PatternError::Dns(s.to_owned(), why);
-        if s.contains("://") {
-            return Err(bad("only spiffe:// URIs are supported"));
-        }
-        let (wildcard, name) = match s.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, s),
-        };
-        let valid = !name.is_empty()
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-        if !valid {
-            return Err(bad(
-                "use letters, digits, '-' and '.', with `*.` only as the first label",
-            ));
-        }
-        Ok(Pattern::Dns {
-            wildcard,
-            name: name.to_ascii_lowercase(),
-        })
     }
 }
 

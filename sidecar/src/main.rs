@@ -1,32 +1,11 @@
-use std::io::IsTerminal;
+//! The `kube-mtls-sidecar` binary: flags in, the proxy running until SIGTERM
+//! (or, with `--wait-ready`, a wait for another sidecar's readiness).
 
 use anyhow::Context;
 use clap::Parser;
 use kube_mtls_sidecar::config::{Args, Config};
 use kube_mtls_sidecar::{server, tls};
 use tokio::signal::unix::{SignalKind, signal};
-
-fn init_logging(format: &str, level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("--log-level (KUBE_MTLS_LOG_LEVEL): {level:?} is not a log filter; use e.g. info or debug"))?;
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        "auto" => !std::io::stderr().is_terminal(),
-        other => anyhow::bail!(
-            "--log-format (KUBE_MTLS_LOG_FORMAT): {other:?} is not json, text or auto"
-        ),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-    Ok(())
-}
 
 /// Polls `/ready` on the admin port until it answers 200 (at most two minutes).
 fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
@@ -51,7 +30,7 @@ fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format, &args.log_level)?;
+    kube_mtls_telemetry::init(args.log_format, &args.log_level)?;
     if args.wait_ready {
         return wait_ready(args.admin_port);
     }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use crate::process::{Proc, plain_get, wait_until};
 
-/// The sidecar's UID in every pod.
-pub const PROXY_UID: u32 = 15337;
+/// The sidecar's UID in every pod, as the webhook writes it.
+pub use kube_mtls_contract::names::PROXY_UID;
 
 /// Why pods cannot be built here, or `Ok`; checked once per test binary.
 pub fn available() -> Result<(), String> {
@@ -274,7 +274,7 @@ impl Pod {
     /// Starts a sidecar from a prepared command (e.g. the arguments a webhook wrote).
     pub fn start_sidecar_cmd(&mut self, cmd: Command) -> &Proc {
         let proc = Proc::spawn(cmd);
-        let admin = self.addr(15020);
+        let admin = self.addr(kube_mtls_contract::names::ADMIN_PORT);
         let ready = wait_until(Duration::from_secs(20), || {
             plain_get(admin, "/ready").is_some_and(|(s, _)| s == 200)
         });

@@ -10,39 +10,16 @@ use std::time::Instant;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::annotations::{self, Defaults, INJECT, Rejection, Resolved};
+use crate::annotations::{self, INJECT, Rejection};
 use crate::certificate::{DesiredCertificate, ensure_certificate};
 use crate::checks;
 use crate::cluster::ClusterView;
 use crate::events::Recorder;
 use crate::metrics::Metrics;
 use crate::patch::{self, Injection};
+use crate::resolve::{self, Defaults, Resolved};
 
-/// Why a pod is left alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    NotOptedIn,
-    OptedOut,
-    SystemNamespace,
-    OwnNamespace,
-    HostNetwork,
-    AlreadyInjected,
-    NotPodCreate,
-}
-
-impl Skip {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Skip::NotOptedIn => "not_opted_in",
-            Skip::OptedOut => "opted_out",
-            Skip::SystemNamespace => "system_namespace",
-            Skip::OwnNamespace => "webhook_namespace",
-            Skip::HostNetwork => "host_network",
-            Skip::AlreadyInjected => "already_injected",
-            Skip::NotPodCreate => "not_pod_create",
-        }
-    }
-}
+pub use crate::skip::Skip;
 
 /// The verdict on one pod.
 #[derive(Debug)]
@@ -108,9 +85,18 @@ pub fn decide(
     if let Err(r) = checks::proxy_uid(pod) {
         return Decision::Reject(r);
     }
-    match annotations::resolve(pod, namespace, view, defaults) {
+    match resolve::resolve(pod, namespace, view, defaults) {
         Ok((resolved, mut warnings)) => {
             let mut injection = patch::inject(pod, &resolved);
+            if let Err(problem) = patch::parse_back(&injection) {
+                return Decision::Reject(Rejection {
+                    subject: "the injected containers' settings".into(),
+                    problem,
+                    fix:
+                        "change the annotation, profile field or pod value behind the setting named"
+                            .into(),
+                });
+            }
             warnings.append(&mut injection.warnings);
             warnings.extend(checks::soft_gaps(pod, &resolved));
             injection.warnings = warnings;
@@ -469,5 +455,115 @@ mod tests {
         let ok = review_of(pod(json!({}), json!({"containers": [app(json!({}))]}))).await;
         assert_eq!(ok["response"]["allowed"], true, "{ok}");
         assert!(ok["response"]["patch"].is_string(), "{ok}");
+    }
+
+    /// The pod and namespace that lead `decide` to `skip` (`None`: only the
+    /// AdmissionReview wrapper can tell, see the test below).
+    fn skipped_case(skip: Skip) -> Option<(Value, &'static str)> {
+        use crate::fixtures::{NS, OWN_NS, pod};
+        let injected = || {
+            let p = pod().build();
+            match decide(&p, NS, OWN_NS, &fixture_view(), &defaults(true)) {
+                Decision::Inject(b) => patch::apply(&p, &b.0.ops).expect("applies"),
+                other => panic!("not injected: {other:?}"),
+            }
+        };
+        Some(match skip {
+            Skip::NotOptedIn => (pod().unannotate("inject").build(), NS),
+            Skip::OptedOut => (pod().annotate("inject", "disabled").build(), "labelled"),
+            Skip::SystemNamespace => (pod().build(), "kube-system"),
+            Skip::OwnNamespace => (pod().build(), OWN_NS),
+            Skip::HostNetwork => (pod().spec("hostNetwork", json!(true)).build(), NS),
+            Skip::AlreadyInjected => (injected(), NS),
+            Skip::NotPodCreate => return None,
+        })
+    }
+
+    /// Namespace `labelled` opts in by label.
+    fn fixture_view() -> ClusterView {
+        use crate::fixtures::{namespace, view};
+        view(
+            vec![],
+            vec![namespace("labelled", &[(INJECT, "enabled")], &[])],
+        )
+    }
+
+    #[test]
+    fn every_skip_reason_is_decided() {
+        for skip in Skip::ALL {
+            let Some((p, ns)) = skipped_case(skip) else {
+                continue;
+            };
+            let d = decide(
+                &p,
+                ns,
+                crate::fixtures::OWN_NS,
+                &fixture_view(),
+                &defaults(true),
+            );
+            assert!(
+                matches!(d, Decision::Skip(s) if s == skip),
+                "{skip:?}: {d:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_pod_create_is_allowed_untouched_and_counted() {
+        let a = admission();
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {"uid": "u2", "operation": "UPDATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": crate::fixtures::pod().build()},
+        });
+        let r = a.review(&serde_json::to_vec(&body).unwrap()).await.unwrap();
+        assert_eq!(r["response"]["allowed"], true, "{r}");
+        assert!(r["response"].get("patch").is_none(), "{r}");
+        assert!(
+            a.metrics.encode().contains("reason=\"not_pod_create\"} 1"),
+            "{}",
+            a.metrics.encode()
+        );
+    }
+
+    #[test]
+    fn opting_in_by_pod_label_or_namespace_label_and_bad_values() {
+        use crate::fixtures::{OWN_NS, pod};
+        let by_label = pod().unannotate("inject").label(INJECT, "enabled").build();
+        let by_namespace = pod().unannotate("inject").build();
+        let view = fixture_view();
+        for (p, ns) in [(&by_label, "shop"), (&by_namespace, "labelled")] {
+            let d = decide(p, ns, OWN_NS, &view, &defaults(true));
+            assert!(matches!(d, Decision::Inject(_)), "{d:?}");
+        }
+        let bad = pod().annotate("inject", "yes").build();
+        match decide(&bad, "shop", OWN_NS, &view, &defaults(true)) {
+            Decision::Reject(r) => assert_eq!(r.subject, format!("annotation {INJECT}")),
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_setting_the_sidecar_would_refuse_is_rejected_before_admission() {
+        use crate::fixtures::{OWN_NS, container, pod};
+        let probe = json!({"httpGet": {"port": 8080, "path": "healthz"}});
+        let p = pod()
+            .containers(vec![
+                container("app")
+                    .port("http", 8080)
+                    .probe("readinessProbe", probe)
+                    .build(),
+            ])
+            .build();
+        match decide(&p, "shop", OWN_NS, &ClusterView::empty(), &defaults(true)) {
+            Decision::Reject(r) => {
+                let msg = r.to_string();
+                assert!(
+                    msg.contains("--app-probes") && msg.contains("healthz"),
+                    "{msg}"
+                );
+            }
+            other => panic!("admitted a pod whose sidecar would not start: {other:?}"),
+        }
     }
 }

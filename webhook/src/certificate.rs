@@ -2,7 +2,7 @@
 //!
 //! One Certificate per service account and namespace, named `kube-mtls-<sa>`
 //! and writing the Secret `kube-mtls-<sa>-tls` that injected pods mount (the
-//! rule is in [`crate::names`]). Everything resolved for the pod at admission
+//! rule is `kube_mtls_contract::names::Identity`). Everything resolved for the pod at admission
 //! is recorded on the Certificate as `kube-mtls.io/*` annotations: trust
 //! domain, DNS names, issuer, and the lifetime (`kube-mtls.io/duration`,
 //! `kube-mtls.io/renew-before`) that the pod's MtlsProfile or, failing that,
@@ -28,8 +28,11 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::annotations::Resolved;
-use crate::names;
+use kube_mtls_contract::names::Identity;
+use kube_mtls_contract::ports;
+
+use crate::profile::IssuerRef;
+use crate::resolve::Resolved;
 
 pub const FIELD_MANAGER: &str = "kube-mtls-webhook";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kube-mtls");
@@ -55,8 +58,7 @@ pub struct DesiredCertificate {
     pub service_account: String,
     pub trust_domain: String,
     pub dns_names: Vec<String>,
-    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
-    pub issuer: (String, String),
+    pub issuer: IssuerRef,
     pub duration: String,
     pub renew_before: String,
 }
@@ -68,7 +70,7 @@ impl DesiredCertificate {
             service_account: r.service_account.clone(),
             trust_domain: r.trust_domain.clone(),
             dns_names: r.dns_names.clone(),
-            issuer: (r.issuer.kind.clone(), r.issuer.name.clone()),
+            issuer: r.issuer.clone(),
             duration: r.cert_duration.clone(),
             renew_before: r.cert_renew_before.clone(),
         }
@@ -85,7 +87,7 @@ impl DesiredCertificate {
     ) -> Option<Self> {
         let ann = cert.metadata.annotations.as_ref()?;
         let sa = cert.metadata.labels.as_ref()?.get(SA_LABEL)?.clone();
-        let (kind, name) = ann.get(ANN_ISSUER)?.split_once('/')?;
+        let issuer = ann.get(ANN_ISSUER)?.parse().ok()?;
         let lifetime = |annotation: &str, field: &str, flag: &str| {
             recorded(cert, annotation, field).unwrap_or_else(|| flag.to_owned())
         };
@@ -95,29 +97,33 @@ impl DesiredCertificate {
             trust_domain: ann.get(ANN_TRUST_DOMAIN)?.clone(),
             dns_names: ann
                 .get(ANN_DNS_NAMES)
-                .map(|d| {
-                    d.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|d| ports::items(d).map(str::to_owned).collect())
                 .unwrap_or_default(),
-            issuer: (kind.to_owned(), name.to_owned()),
+            issuer,
             duration: lifetime(ANN_DURATION, "duration", flag_duration),
             renew_before: lifetime(ANN_RENEW_BEFORE, "renewBefore", flag_renew_before),
         })
     }
 
+    /// The names of the identity this Certificate is for.
+    pub fn names(&self) -> Identity<'_> {
+        Identity {
+            trust_domain: &self.trust_domain,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+        }
+    }
+
     pub fn name(&self) -> String {
-        names::certificate_name(&self.service_account)
+        self.names().certificate_name()
     }
 
     pub fn secret_name(&self) -> String {
-        names::secret_name(&self.service_account)
+        self.names().secret_name()
     }
 
     pub fn spiffe_id(&self) -> String {
-        names::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
+        self.names().spiffe_id()
     }
 
     /// Whether `cert` already has every label, annotation and spec field this
@@ -150,7 +156,7 @@ impl DesiredCertificate {
             "uris": [self.spiffe_id()],
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-            "issuerRef": {"group": "cert-manager.io", "kind": self.issuer.0, "name": self.issuer.1},
+            "issuerRef": {"group": "cert-manager.io", "kind": self.issuer.kind, "name": self.issuer.name},
         });
         if !self.dns_names.is_empty() {
             spec["dnsNames"] = json!(self.dns_names);
@@ -170,7 +176,7 @@ impl DesiredCertificate {
                 "annotations": {
                     ANN_TRUST_DOMAIN: self.trust_domain,
                     ANN_DNS_NAMES: self.dns_names.join(","),
-                    ANN_ISSUER: format!("{}/{}", self.issuer.0, self.issuer.1),
+                    ANN_ISSUER: self.issuer.to_string(),
                     ANN_DURATION: self.duration,
                     ANN_RENEW_BEFORE: self.renew_before,
                 },
@@ -234,7 +240,10 @@ mod tests {
             service_account: "orders".into(),
             trust_domain: "cluster.local".into(),
             dns_names: vec!["orders.shop.svc".into()],
-            issuer: ("ClusterIssuer".into(), "kube-mtls-ca".into()),
+            issuer: IssuerRef {
+                kind: "ClusterIssuer".into(),
+                name: "kube-mtls-ca".into(),
+            },
             duration: "720h".into(),
             renew_before: "240h".into(),
         }

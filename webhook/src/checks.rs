@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::annotations::{PREFIX, PROXY_UID, Rejection, Resolved};
+use crate::annotations::{PREFIX, PROXY_UID, Rejection};
+use crate::resolve::Resolved;
 
 fn containers<'a>(pod: &'a Value, list: &str) -> impl Iterator<Item = &'a Value> {
     pod.pointer(&format!("/spec/{list}"))
@@ -32,7 +33,7 @@ pub fn proxy_uid(pod: &Value) -> Result<(), Rejection> {
     let runs_as_proxy = |v: Option<&Value>| {
         v.and_then(|s| s.pointer("/runAsUser"))
             .and_then(Value::as_i64)
-            == Some(PROXY_UID)
+            == Some(i64::from(PROXY_UID))
     };
     let mut subjects = Vec::new();
     if runs_as_proxy(pod.pointer("/spec/securityContext")) {

@@ -5,8 +5,8 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::annotations::{INJECT, PROFILE};
 use crate::profile::{MtlsProfile, MtlsProfileSpec};
+use kube_mtls_contract::names::{INJECT, PROFILE};
 
 /// Profiles and namespaces, live or fixed.
 #[derive(Clone)]

@@ -30,7 +30,7 @@ use kube::{Client, ResourceExt};
 
 use crate::certificate::{self, DesiredCertificate, FIELD_MANAGER, MANAGED_BY};
 use crate::metrics::Metrics;
-use crate::names;
+use kube_mtls_contract::names;
 
 /// What reconciling needs.
 pub struct Context {

@@ -2,183 +2,51 @@
 //! Certificate controller), `inject` (offline injection for GitOps) and `crd`.
 //! Flags and their environment variables live here; the policy is in the library.
 
-use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_mtls_webhook::admission::Admission;
-use kube_mtls_webhook::annotations::Defaults;
+use kube_mtls_webhook::cli::{Cli, Command, InjectionFlags, ServeArgs};
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::metrics::Metrics;
 use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, crd_yaml};
+use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::{controller, events, offline, server};
 
-#[derive(Parser)]
-#[command(
-    name = "kube-mtls-webhook",
-    version,
-    about = "kube-mtls admission webhook and offline injector"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
-    #[arg(
-        long,
-        global = true,
-        env = "KUBE_MTLS_LOG_FORMAT",
-        default_value = "auto"
-    )]
-    log_format: String,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the admission webhook and run the Certificate controller.
-    Serve(ServeArgs),
-    /// Inject manifests offline: reads YAML, prints it injected.
-    Inject(InjectArgs),
-    /// Print the MtlsProfile CRD.
-    Crd,
-}
-
-/// Settings that shape the injected pod.
-#[derive(Args, Clone)]
-struct InjectionFlags {
-    #[arg(long, env = "KUBE_MTLS_SIDECAR_IMAGE", default_value = concat!("ghcr.io/kube-mtls/kube-mtls-sidecar:", env!("CARGO_PKG_VERSION")))]
-    sidecar_image: String,
-    #[arg(long, env = "KUBE_MTLS_TRUST_DOMAIN", default_value = "cluster.local")]
-    trust_domain: String,
-    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
-    #[arg(
-        long,
-        env = "KUBE_MTLS_ISSUER",
-        default_value = "ClusterIssuer/kube-mtls-ca"
-    )]
-    issuer: String,
-    #[arg(long, env = "KUBE_MTLS_CERT_DURATION", default_value = "24h")]
-    cert_duration: String,
-    #[arg(long, env = "KUBE_MTLS_CERT_RENEW_BEFORE", default_value = "8h")]
-    cert_renew_before: String,
-    /// `auto` (serve: from the API server version; inject: true), `true` or `false`.
-    #[arg(long, env = "KUBE_MTLS_NATIVE_SIDECAR", default_value = "auto")]
-    native_sidecar: String,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    injection: InjectionFlags,
-    /// HTTPS port for /mutate.
-    #[arg(long, env = "KUBE_MTLS_WEBHOOK_PORT", default_value_t = 8443)]
-    port: u16,
-    /// Plain port for /healthz, /readyz, /metrics.
-    #[arg(long, env = "KUBE_MTLS_METRICS_PORT", default_value_t = 8080)]
-    metrics_port: u16,
-    /// Directory with the serving certificate (tls.crt, tls.key).
-    #[arg(
-        long,
-        env = "KUBE_MTLS_WEBHOOK_TLS_DIR",
-        default_value = "/var/run/kube-mtls/webhook-tls"
-    )]
-    tls_dir: PathBuf,
-    /// The webhook's own namespace, never injected.
-    #[arg(long, env = "KUBE_MTLS_NAMESPACE", default_value = "kube-mtls")]
-    namespace: String,
-    /// Serve without a Kubernetes API connection: no MtlsProfiles, no
-    /// namespace labels, no Certificates, no Events.
-    #[arg(long, env = "KUBE_MTLS_STANDALONE")]
-    standalone: bool,
-}
-
-#[derive(Args)]
-struct InjectArgs {
-    #[command(flatten)]
-    injection: InjectionFlags,
-    /// Manifest file, or `-` for standard input.
-    #[arg(short = 'f', long = "filename", default_value = "-")]
-    file: String,
-    /// Do not append the cert-manager Certificates for the identities.
-    #[arg(long)]
-    no_certificates: bool,
-    /// The namespace the output will be applied to, for documents without
-    /// metadata.namespace (like kubectl's -n): identities and Certificates
-    /// depend on it.
-    #[arg(short = 'n', long)]
-    namespace: Option<String>,
-}
-
-fn init_logging(format: &str) -> anyhow::Result<()> {
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        "auto" => !std::io::stderr().is_terminal(),
-        other => bail!("--log-format (KUBE_MTLS_LOG_FORMAT): {other:?} is not json, text or auto"),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_MTLS_LOG_LEVEL")
-        .unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().flatten_event(true).init();
-    } else {
-        b.init();
-    }
-    Ok(())
-}
-
 fn defaults(f: &InjectionFlags, native: bool) -> anyhow::Result<Defaults> {
-    let Some((kind @ ("ClusterIssuer" | "Issuer"), name)) = f.issuer.split_once('/') else {
-        bail!(
-            "--issuer (KUBE_MTLS_ISSUER): {:?} is not ClusterIssuer/<name> or Issuer/<name>",
-            f.issuer
-        );
-    };
-    if name.is_empty() {
-        bail!("--issuer (KUBE_MTLS_ISSUER): the issuer name is empty");
-    }
+    let issuer: IssuerRef = f
+        .issuer
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--issuer (KUBE_MTLS_ISSUER): {e}"))?;
     Ok(Defaults {
         sidecar_image: f.sidecar_image.clone(),
         trust_domain: f.trust_domain.clone(),
-        issuer: IssuerRef {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-        },
+        issuer,
         cert_duration: f.cert_duration.clone(),
         cert_renew_before: f.cert_renew_before.clone(),
         native_sidecar: native,
+        mode: f.default_mode,
+        policy: f.default_policy,
     })
-}
-
-fn explicit_native(value: &str) -> anyhow::Result<Option<bool>> {
-    match value {
-        "auto" => Ok(None),
-        "true" => Ok(Some(true)),
-        "false" => Ok(Some(false)),
-        other => bail!(
-            "--native-sidecar (KUBE_MTLS_NATIVE_SIDECAR): {other:?} is not auto, true or false"
-        ),
-    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format)?;
+    kube_mtls_telemetry::init(cli.log_format, &cli.log_level)?;
     match cli.command {
         Command::Crd => {
             print!("{}", crd_yaml()?);
             Ok(())
         }
         Command::Inject(args) => {
-            let native = explicit_native(&args.injection.native_sidecar)?.unwrap_or(true);
+            let native = args.injection.native_sidecar.explicit().unwrap_or(true);
             let defaults = defaults(&args.injection, native)?;
             let mut input = String::new();
             if args.file == "-" {
@@ -228,7 +96,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
     });
-    let explicit = explicit_native(&args.injection.native_sidecar)?;
+    let explicit = args.injection.native_sidecar.explicit();
 
     let (view, client, native) = if args.standalone {
         (ClusterView::empty(), None, explicit.unwrap_or(true))

@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::admission::{Decision, decide};
-use crate::annotations::{Defaults, Resolved};
 use crate::certificate::DesiredCertificate;
 use crate::cluster::ClusterView;
 use crate::patch::{self, Injection};
+use crate::resolve::{Defaults, Resolved};
 use crate::yaml::{self, Chunk, emit, load};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,15 +7,44 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::CustomResource;
 use kube::CustomResourceExt;
+use kube_mtls_contract::sidecar::{MtlsMode, Policy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A cert-manager issuer.
+/// A cert-manager issuer: the one type for the flag, the annotation, the
+/// profile field and the record on a Certificate (written `<kind>/<name>`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct IssuerRef {
     /// `ClusterIssuer` or `Issuer` (an Issuer in the pod's namespace).
     pub kind: String,
     pub name: String,
+}
+
+impl std::str::FromStr for IssuerRef {
+    type Err = String;
+
+    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v.split_once('/') {
+            Some((kind @ ("ClusterIssuer" | "Issuer"), name))
+                if !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(IssuerRef {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "{v:?} is not ClusterIssuer/<name> or Issuer/<name>"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for IssuerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
 }
 
 /// mTLS settings shared by the pods that use this profile. Every field is
@@ -63,6 +92,13 @@ pub struct MtlsProfileSpec {
     /// How long before expiry cert-manager renews, e.g. `8h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_renew_before: Option<String>,
+    /// `strict` (mTLS only) or `permissive` (plaintext callers on HTTP ports too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsMode>,
+    /// `enforce` (refuse callers off the allow-list) or `audit` (let them
+    /// through, logged and counted as would_deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
     /// Resources of the sidecar container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_resources: Option<ResourceRequirements>,

@@ -15,6 +15,7 @@ use kube::api::DynamicObject;
 use kube::client::Body;
 use kube_mtls_webhook::certificate::{DesiredCertificate, ensure_certificate};
 use kube_mtls_webhook::controller::{Context, Outcome, reconcile_certificate};
+use kube_mtls_webhook::profile::IssuerRef;
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
 
@@ -64,7 +65,10 @@ fn desired() -> DesiredCertificate {
         service_account: "orders".into(),
         trust_domain: "cluster.local".into(),
         dns_names: vec!["orders.shop.svc".into()],
-        issuer: ("ClusterIssuer".into(), "kube-mtls-ca".into()),
+        issuer: IssuerRef {
+            kind: "ClusterIssuer".into(),
+            name: "kube-mtls-ca".into(),
+        },
         duration: "720h".into(),
         renew_before: "240h".into(),
     }

@@ -1,0 +1,102 @@
+//! Fixed names and numbers every component agrees on, and the naming rule of a
+//! workload identity.
+
+/// Prefix of every annotation and label kube-mtls reads or writes.
+pub const PREFIX: &str = "kube-mtls.io/";
+/// Opt-in: pod annotation or label, or namespace label; `enabled` / `disabled`.
+pub const INJECT: &str = "kube-mtls.io/inject";
+/// Written by the webhook on an injected pod: what was injected (JSON).
+pub const STATUS: &str = "kube-mtls.io/status";
+/// The MtlsProfile a pod names, or a namespace's default one.
+pub const PROFILE: &str = "kube-mtls.io/profile";
+/// `strict` or `permissive`: whether plaintext callers are let in (the sidecar's `--mode`).
+pub const MODE: &str = "kube-mtls.io/mode";
+/// `enforce` or `audit`: whether callers off the allow-list are refused (the sidecar's `--policy`).
+pub const POLICY: &str = "kube-mtls.io/policy";
+
+/// The sidecar's listener for redirected inbound connections.
+pub const INBOUND_PORT: u16 = 15006;
+/// The sidecar's outbound listener on 127.0.0.1.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The sidecar's plain-HTTP admin port (`/ready`, `/live`, `/metrics`, `/app-health/...`).
+pub const ADMIN_PORT: u16 = 15020;
+/// The sidecar's own ports, which no app port may use.
+pub const SIDECAR_PORTS: [u16; 3] = [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT];
+/// The sidecar's UID: the init rules never redirect its traffic.
+pub const PROXY_UID: u32 = 15337;
+/// The sidecar's GID.
+pub const PROXY_GID: u32 = 15337;
+
+/// The init container's name (the pod's first init container).
+pub const INIT_NAME: &str = "kube-mtls-init";
+/// The sidecar container's name.
+pub const SIDECAR_NAME: &str = "kube-mtls-sidecar";
+/// The init binary in the sidecar image.
+pub const INIT_BINARY: &str = "kube-mtls-init";
+/// The sidecar binary in the sidecar image.
+pub const SIDECAR_BINARY: &str = "kube-mtls-sidecar";
+/// The Secret volume with the pod's certificate.
+pub const CERT_VOLUME: &str = "kube-mtls-certs";
+/// The in-memory volume iptables-legacy takes its lock in (mounted at `/run`).
+pub const RUN_VOLUME: &str = "kube-mtls-xtables";
+/// Where the certificate volume is mounted, read-only.
+pub const CERT_DIR: &str = "/var/run/kube-mtls/certs";
+/// The files of a certificate set, as cert-manager writes a Secret.
+pub const CERT_FILES: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+/// The trust domain when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// The names of one workload identity: a service account in a namespace,
+/// in a trust domain. Every name derived from an identity comes from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// SPIFFE trust domain, e.g. `cluster.local`.
+    pub trust_domain: &'a str,
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// The pod's service account.
+    pub service_account: &'a str,
+}
+
+impl Identity<'_> {
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
+    /// The cert-manager Certificate: `kube-mtls-<sa>` (in the pod's namespace).
+    pub fn certificate_name(&self) -> String {
+        certificate_name(self.service_account)
+    }
+
+    /// The Secret that Certificate writes: `kube-mtls-<sa>-tls`.
+    pub fn secret_name(&self) -> String {
+        format!("{}-tls", self.certificate_name())
+    }
+}
+
+/// The Certificate of a service account, `kube-mtls-<sa>`; the one rule the
+/// other names build on (the controller maps service accounts with it).
+pub fn certificate_name(service_account: &str) -> String {
+    format!("kube-mtls-{service_account}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_naming_rule() {
+        let id = Identity {
+            trust_domain: "cluster.local",
+            namespace: "shop",
+            service_account: "orders",
+        };
+        assert_eq!(id.certificate_name(), "kube-mtls-orders");
+        assert_eq!(id.secret_name(), "kube-mtls-orders-tls");
+        assert_eq!(id.spiffe_id(), "spiffe://cluster.local/ns/shop/sa/orders");
+    }
+}
