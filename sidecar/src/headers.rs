@@ -89,6 +89,30 @@ pub fn xfcc_value(own: &PeerIdentity, peer: &PeerIdentity, peer_cert_hash: &str)
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// The classic hop-by-hop set (RFC 9110 §7.6.1), besides what `Connection` names.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+    ]
+}
+
+/// Removes the headers `doomed` picks. The headers are walked once and only
+/// those present are removed: every lookup in a header map hashes the name,
+/// and a request usually carries none of the names a sanitizer looks for.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it
 /// names, plus the classic hop-by-hop set. `TE: trailers` survives, since gRPC
 /// needs it end to end.
@@ -100,18 +124,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        if name != header::TE {
-            headers.remove(&name);
-        }
-    }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
@@ -119,7 +131,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    headers.remove(header::TE);
+    remove_where(headers, |n| {
+        hop_by_hop().contains(&n) || (named.contains(n) && n != header::TE)
+    });
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -155,17 +169,9 @@ fn underscore_spelling_of_owned(name: &HeaderName) -> bool {
 
 /// Removes every identity-bearing header the client sent, in any spelling.
 fn strip_identity(headers: &mut HeaderMap) {
-    for name in owned() {
-        headers.remove(name);
-    }
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| underscore_spelling_of_owned(n))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
+    remove_where(headers, |n| {
+        owned().contains(&n) || underscore_spelling_of_owned(n)
+    });
 }
 
 /// Replaces every identity-bearing header the client sent with what the sidecar knows.

@@ -43,9 +43,10 @@ use crate::headers;
 use crate::io::{IdleTimeout, InFlight};
 use crate::listener::Listener;
 use crate::metrics::Refusal;
-use crate::rewrite::retarget;
+use crate::rewrite::{retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::TlsStore;
+use http::uri::Authority;
 
 /// How long a peer may take to accept TCP and finish the mTLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,7 +233,7 @@ async fn handle(stream: TcpStream, shared: &Arc<Shared>, client: Client<MtlsConn
         return;
     }
     let ctx = Arc::new(OutboundCtx {
-        dst,
+        authority: socket_authority(dst),
         in_flight,
         shared: shared.clone(),
         client,
@@ -263,7 +264,7 @@ async fn tcp_tunnel(mut app: IdleTimeout<TcpStream>, dst: SocketAddr, shared: &S
 /// What every request on one outbound connection shares.
 struct OutboundCtx {
     /// Where the app was going: every request on the connection goes there.
-    dst: SocketAddr,
+    authority: Authority,
     /// Requests in progress, which keep the idle timeout at bay.
     in_flight: InFlight,
     shared: Arc<Shared>,
@@ -275,9 +276,7 @@ async fn forward(
     mut req: Request<Incoming>,
     ctx: Arc<OutboundCtx>,
 ) -> Result<Response<Body>, Infallible> {
-    if let Err(e) = retarget(&mut req, &ctx.dst.to_string(), Version::HTTP_11) {
-        return Ok(text(StatusCode::BAD_REQUEST, &format!("kube-mtls: {e}\n")));
-    }
+    retarget(&mut req, &ctx.authority, Version::HTTP_11);
     let in_flight = ctx.in_flight.enter();
     match ctx.client.request(req.map(|b| b.boxed())).await {
         Ok(resp) => {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -49,7 +50,7 @@ use crate::limits::HandshakePermit;
 use crate::listener::Listener;
 use crate::metrics::Refusal;
 use crate::permissive::{self, Opening};
-use crate::rewrite::retarget;
+use crate::rewrite::{retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
 
@@ -384,6 +385,8 @@ async fn serve_plaintext(conn: Accepted, shared: &Arc<Shared>) {
 pub struct ConnCtx {
     /// The app port on 127.0.0.1 requests go to.
     pub port: u16,
+    /// `127.0.0.1:<port>`, parsed once for every request's URI.
+    pub upstream: Authority,
     /// The app speaks HTTP/2 cleartext (`--h2-ports`).
     pub h2_upstream: bool,
     pub caller: Caller,
@@ -405,6 +408,7 @@ impl ConnCtx {
     ) -> Arc<Self> {
         Arc::new(ConnCtx {
             port,
+            upstream: socket_authority(SocketAddr::from(([127, 0, 0, 1], port))),
             h2_upstream: mode == Mode::Http2,
             caller,
             client_ip: HeaderValue::from_str(&client.ip().to_string())
@@ -450,9 +454,7 @@ async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<B
     shared.metrics.requests.inc();
     let in_flight = ctx.in_flight.enter();
     let body_state = ClientBodyState::default();
-    let Some(req) = upstream_request(req, &ctx, &body_state) else {
-        return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
-    };
+    let req = upstream_request(req, &ctx, &body_state);
     let client = if ctx.h2_upstream {
         &shared.upstream.http2
     } else {
@@ -476,29 +478,25 @@ async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<B
     }
 }
 
-/// Rewrites a client's request for the app on 127.0.0.1; `None` when its
-/// target cannot be expressed as one.
+/// Rewrites a client's request for the app on 127.0.0.1.
 fn upstream_request(
     mut req: Request<Incoming>,
     ctx: &ConnCtx,
     body_state: &ClientBodyState,
-) -> Option<Request<Body>> {
+) -> Request<Body> {
     let version = if ctx.h2_upstream {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    if let Err(e) = retarget(&mut req, &format!("127.0.0.1:{}", ctx.port), version) {
-        tracing::debug!(error = %e, "request refused");
-        return None;
-    }
+    retarget(&mut req, &ctx.upstream, version);
     match &ctx.caller {
         Caller::Mtls { xfcc, .. } => {
             headers::set_forwarding(req.headers_mut(), xfcc, &ctx.client_ip)
         }
         Caller::Plaintext => headers::set_plaintext_forwarding(req.headers_mut(), &ctx.client_ip),
     }
-    Some(req.map(|b| ClientBody::new(b, body_state.clone()).boxed()))
+    req.map(|b| ClientBody::new(b, body_state.clone()).boxed())
 }
 
 /// The app sent no response headers within `--upstream-timeout`.

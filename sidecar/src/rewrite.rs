@@ -8,6 +8,7 @@
 //! on top (the identity headers inbound) stays with that direction.
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 
 use crate::headers;
@@ -20,32 +21,38 @@ pub struct BadTarget {
     source: http::Error,
 }
 
+/// An authority requests are re-aimed at, parsed once (per connection).
+pub fn authority(addr: impl std::fmt::Display) -> Result<Authority, BadTarget> {
+    let text = addr.to_string();
+    Authority::try_from(text.as_str()).map_err(|e| BadTarget {
+        authority: text.clone(),
+        source: e.into(),
+    })
+}
+
+/// The authority of a socket address, which is always one (`[v6]:port` for IPv6).
+pub fn socket_authority(addr: std::net::SocketAddr) -> Authority {
+    authority(addr).unwrap_or_else(|_| Authority::from_static("127.0.0.1"))
+}
+
 /// Re-aims `req` at `http://<authority><path and query>` over `version`.
-pub fn retarget<B>(
-    req: &mut Request<B>,
-    authority: &str,
-    version: Version,
-) -> Result<(), BadTarget> {
+pub fn retarget<B>(req: &mut Request<B>, authority: &Authority, version: Version) {
     if !req.headers().contains_key(header::HOST)
         && let Some(original) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(original.as_str())
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|source| BadTarget {
-            authority: authority.to_owned(),
-            source,
-        })?;
-    *req.uri_mut() = uri;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so the parts always form a URI.
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     *req.version_mut() = version;
     headers::strip_hop_by_hop(req.headers_mut());
-    Ok(())
 }
 
 #[cfg(test)]
@@ -62,7 +69,11 @@ mod tests {
             .header("x-app", "kept")
             .body(())
             .unwrap();
-        retarget(&mut req, "127.0.0.1:8080", Version::HTTP_11).unwrap();
+        retarget(
+            &mut req,
+            &authority("127.0.0.1:8080").unwrap(),
+            Version::HTTP_11,
+        );
         assert_eq!(req.uri(), "http://127.0.0.1:8080/a/b?x=1");
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()["host"], "orders.shop:8443");
@@ -77,9 +88,13 @@ mod tests {
             .header("host", "front.web")
             .body(())
             .unwrap();
-        retarget(&mut req, "10.0.0.7:80", Version::HTTP_11).unwrap();
+        retarget(
+            &mut req,
+            &authority("10.0.0.7:80").unwrap(),
+            Version::HTTP_11,
+        );
         assert_eq!(req.headers()["host"], "front.web");
         assert_eq!(req.uri(), "http://10.0.0.7:80/x");
-        assert!(retarget(&mut req, "not a host", Version::HTTP_11).is_err());
+        assert!(authority("not a host").is_err());
     }
 }
