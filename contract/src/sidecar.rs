@@ -66,7 +66,9 @@ pub struct Args {
     #[arg(long, env = "KUBE_MTLS_H2_PORTS", default_value = "")]
     pub h2_ports: String,
 
-    /// Direct listeners for setups without redirection: `<listen port>:<app port>,...`.
+    /// Direct listeners for setups without redirection:
+    /// `[<address>:]<listen port>:<app port>,...`; without an address, every
+    /// interface (e.g. `127.0.0.1:8443:8080`, `[::1]:8443:8080`, `8443:8080`).
     #[arg(long, env = "KUBE_MTLS_LISTEN", default_value = "")]
     pub listen: String,
 
@@ -241,8 +243,8 @@ pub struct Settings {
     pub allowed_clients: AllowedClients,
     pub tcp_ports: PortSet,
     pub h2_ports: PortSet,
-    /// Direct listeners: (listen port, app port).
-    pub listen: Vec<(u16, u16)>,
+    /// Direct listeners.
+    pub listen: Vec<Listen>,
     /// Keyed by `<container>/<probe>`.
     pub app_probes: AppProbes,
     pub outbound_tcp_ports: PortSet,
@@ -303,24 +305,64 @@ fn port_list(value: &str, flag: &'static str, env: &'static str) -> Result<PortS
     ports::parse_ports(value).map_err(|e| ConfigError::new(flag, env, e.to_string(), PORTS_FIX))
 }
 
-/// Parses `--listen`: `<listen port>:<app port>,...`.
-pub fn parse_listen(value: &str) -> Result<Vec<(u16, u16)>, ConfigError> {
+/// A direct listener (`--listen`): where it binds and which app port it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// `None`: every interface (0.0.0.0, and [::] where the host has IPv6).
+    pub address: Option<std::net::IpAddr>,
+    pub port: u16,
+    pub app_port: u16,
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.address {
+            Some(std::net::IpAddr::V6(a)) => write!(f, "[{a}]:")?,
+            Some(std::net::IpAddr::V4(a)) => write!(f, "{a}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}", self.port, self.app_port)
+    }
+}
+
+/// Splits `[<address>:]<listen port>:<app port>` into its address (if any)
+/// and the two ports' text.
+fn split_listen(item: &str) -> Option<(Option<&str>, &str, &str)> {
+    if let Some(rest) = item.strip_prefix('[') {
+        let (address, ports) = rest.split_once("]:")?;
+        let (l, a) = ports.split_once(':')?;
+        return Some((Some(address), l, a));
+    }
+    let mut parts = item.rsplitn(3, ':');
+    let (a, l) = (parts.next()?, parts.next()?);
+    Some((parts.next(), l, a))
+}
+
+/// Parses `--listen`: `[<address>:]<listen port>:<app port>,...`.
+pub fn parse_listen(value: &str) -> Result<Vec<Listen>, ConfigError> {
     let bad = |problem: String| {
         ConfigError::new(
             "listen",
             "KUBE_MTLS_LISTEN",
             problem,
-            "write <listen port>:<app port>, e.g. 8443:8080",
+            "write [<address>:]<listen port>:<app port>, e.g. 127.0.0.1:8443:8080 or 8443:8080",
         )
     };
     ports::items(value)
         .map(|item| {
-            let (l, a) = item
-                .split_once(':')
-                .ok_or_else(|| bad(format!("{item:?} has no ':'")))?;
-            let l = ports::parse_port(l).map_err(|e| bad(e.to_string()))?;
-            let a = ports::parse_port(a).map_err(|e| bad(e.to_string()))?;
-            Ok((l, a))
+            let (address, l, a) =
+                split_listen(item).ok_or_else(|| bad(format!("{item:?} has no ':'")))?;
+            let address = address
+                .map(|ip| {
+                    ip.parse()
+                        .map_err(|_| bad(format!("{ip:?} is not an IP address")))
+                })
+                .transpose()?;
+            Ok(Listen {
+                address,
+                port: ports::parse_port(l).map_err(|e| bad(e.to_string()))?,
+                app_port: ports::parse_port(a).map_err(|e| bad(e.to_string()))?,
+            })
         })
         .collect()
 }
@@ -414,7 +456,7 @@ impl Settings {
 
 /// The sidecar's own ports must be set, distinct from each other and from
 /// the direct listeners, or two listeners would fight over one socket.
-fn check_own_ports(args: &Args, listen: &[(u16, u16)]) -> Result<(), ConfigError> {
+fn check_own_ports(args: &Args, listen: &[Listen]) -> Result<(), ConfigError> {
     let mut own: Vec<(&'static str, &'static str, u16)> = vec![
         ("inbound-port", "KUBE_MTLS_INBOUND_PORT", args.inbound_port),
         ("admin-port", "KUBE_MTLS_ADMIN_PORT", args.admin_port),
@@ -449,9 +491,14 @@ fn check_own_ports(args: &Args, listen: &[(u16, u16)]) -> Result<(), ConfigError
         }
     }
     let mut seen = HashSet::new();
-    for (listen_port, app_port) in listen {
+    for &Listen {
+        port: listen_port,
+        app_port,
+        ..
+    } in listen
+    {
         for (name, _, port) in &own {
-            if listen_port == port || app_port == port {
+            if listen_port == *port || app_port == *port {
                 return Err(ConfigError::new(
                     "listen",
                     "KUBE_MTLS_LISTEN",
@@ -582,7 +629,7 @@ impl Settings {
         }
         r.arg("outbound-port", outbound_port);
         if !listen.is_empty() {
-            let items: Vec<String> = listen.iter().map(|(l, a)| format!("{l}:{a}")).collect();
+            let items: Vec<String> = listen.iter().map(ToString::to_string).collect();
             r.arg("listen", items.join(","));
         }
         if !outbound_tcp_ports.is_empty() {
@@ -709,6 +756,27 @@ mod tests {
     }
 
     #[test]
+    fn listen_takes_an_optional_address() {
+        let l = parse_listen("8443:8080, 127.0.0.1:9443:9090,[::1]:9444:9090").unwrap();
+        let shown: Vec<String> = l.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["8443:8080", "127.0.0.1:9443:9090", "[::1]:9444:9090"]
+        );
+        assert_eq!(l[0].address, None);
+        assert_eq!((l[1].port, l[1].app_port), (9443, 9090));
+        for bad in [
+            "localhost:8443:8080",
+            "[::1:8443:8080",
+            "1.2.3.4:8443",
+            "a:b:c:d",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert_eq!(e.flag, "listen", "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn modes_default_to_strict_and_enforce() {
         let s = parse(&[]).unwrap();
         assert_eq!((s.mode, s.policy), (MtlsMode::Strict, Policy::Enforce));
@@ -732,7 +800,7 @@ mod tests {
                 .unwrap(),
             tcp_ports: [5432].into(),
             h2_ports: [9000].into(),
-            listen: vec![(8443, 8080)],
+            listen: parse_listen("8443:8080,127.0.0.1:9443:9090,[::1]:9444:9090").unwrap(),
             app_probes: probe::parse_app_probes(r#"{"app/readiness":{"tcpSocket":{"port":8080}}}"#)
                 .unwrap(),
             outbound_tcp_ports: [6379].into(),

@@ -21,7 +21,7 @@ pub use kube_mtls_contract::duration::{parse_duration, parse_optional_duration};
 pub use kube_mtls_contract::probe::{
     GrpcProbe, HttpGetProbe, ProbeHeader, ProbeTarget, TcpSocketProbe,
 };
-pub use kube_mtls_contract::sidecar::{Args, MtlsMode, Policy};
+pub use kube_mtls_contract::sidecar::{Args, Listen, MtlsMode, Policy};
 
 /// How a port's traffic is proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Config {
     /// Read through [`Config::mode`].
     h2_ports: HashSet<u16>,
     /// Direct listeners: (listen port, app port).
-    pub listen: Vec<(u16, u16)>,
+    pub listen: Vec<Listen>,
     /// Keyed by `<container>/<probe>`.
     pub app_probes: BTreeMap<String, ProbeTarget>,
     pub outbound_tcp_ports: HashSet<u16>,

@@ -47,6 +47,22 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A direct listener: on its address, or on every interface without one.
+fn bind_listen(listen: &crate::config::Listen) -> Result<Vec<TcpListener>, StartError> {
+    match listen.address {
+        None => bind_all("listen", listen.port),
+        Some(ip) => {
+            let addr = SocketAddr::new(ip, listen.port);
+            let l = listen_socket(addr).map_err(|source| StartError::Bind {
+                flag: "listen",
+                addr,
+                source,
+            })?;
+            Ok(vec![l])
+        }
+    }
+}
+
 /// Binds 0.0.0.0:port, and [::]:port where the host has IPv6.
 fn bind_all(flag: &'static str, port: u16) -> Result<Vec<TcpListener>, StartError> {
     let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
@@ -116,9 +132,10 @@ pub async fn run(
     for l in bind_all("inbound-port", cfg.inbound_port)? {
         listeners.push((Listener::new(l, "inbound", &metrics), Target::Redirected));
     }
-    for (listen, app) in &cfg.listen {
-        for l in bind_all("listen", *listen)? {
-            listeners.push((Listener::new(l, "listen", &metrics), Target::Fixed(*app)));
+    for listen in &cfg.listen {
+        for l in bind_listen(listen)? {
+            let target = Target::Fixed(listen.app_port);
+            listeners.push((Listener::new(l, "listen", &metrics), target));
         }
     }
     if cfg.outbound_port != 0 {

@@ -153,6 +153,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts `kube-mtls-sidecar --cert-dir <dir> --listen <listen:app,...> <extra...>`
+    /// (no `--listen` when `listen` is empty, so `extra` may give its own)
     /// with free inbound and admin ports, and waits until `/ready` says 200.
     pub fn start(cert_dir: &Path, listen: &[(u16, u16)], extra: &[&str]) -> Sidecar {
         let sidecar = Sidecar::spawn(cert_dir, listen, extra);
@@ -184,8 +185,7 @@ impl Sidecar {
             .arg("0")
             .arg("--admin-port")
             .arg(admin_port.to_string())
-            .arg("--listen")
-            .arg(listen_arg)
+            .args((!listen.is_empty()).then(|| format!("--listen={listen_arg}")))
             .arg("--log-format")
             .arg("text")
             .args(extra)
