@@ -22,8 +22,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GrpcProbe, HttpGetProbe, ProbeTarget};
-use crate::listener::Listener;
 use crate::shared::{Body, Shared, text};
+use kube_mtls_listener::Listener;
 
 /// Time allowed for one probe of the app; kubelet applies its own timeout on top.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

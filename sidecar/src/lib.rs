@@ -6,7 +6,6 @@
 //! - [`original_dst`]: where a redirected connection was going.
 //! - [`shared`]: what every listener and connection shares (state, response
 //!   bodies, the pooled connections to the app).
-//! - [`listener`]: the accept loop with back-off every listener uses.
 //! - [`proxy`]: the inbound path, HTTP and TCP.
 //! - [`permissive`]: permissive mode's plaintext detection and logging.
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
@@ -26,7 +25,6 @@ pub mod headers;
 pub mod identity;
 pub mod io;
 pub mod limits;
-pub mod listener;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;

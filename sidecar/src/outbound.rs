@@ -41,12 +41,12 @@ use crate::body::InFlightBody;
 use crate::conn::serve_http;
 use crate::headers;
 use crate::io::{IdleTimeout, InFlight};
-use crate::listener::Listener;
 use crate::metrics::Refusal;
 use crate::rewrite::{retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::TlsStore;
 use http::uri::Authority;
+use kube_mtls_listener::Listener;
 
 /// How long a peer may take to accept TCP and finish the mTLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -47,12 +47,12 @@ use crate::headers;
 use crate::identity::PeerIdentity;
 use crate::io::{IdleTimeout, InFlight, Linger};
 use crate::limits::HandshakePermit;
-use crate::listener::Listener;
 use crate::metrics::Refusal;
 use crate::permissive::{self, Opening};
 use crate::rewrite::{retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
+use kube_mtls_listener::Listener;
 
 /// Where a listener's connections go.
 #[derive(Debug, Clone, Copy)]

@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::config::{MtlsMode, Policy};
-use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::permissive::PlaintextLog;
 use crate::proxy::{self, Target};
 use crate::shared::{Shared, Upstream};
 use crate::tls::{self, TlsStore};
+use kube_mtls_listener::Listener;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +130,18 @@ pub async fn run(
     let mut listeners: Vec<(Listener, Target)> = Vec::new();
     let mut accept_tasks_outbound = Vec::new();
     for l in bind_all("inbound-port", cfg.inbound_port)? {
-        listeners.push((Listener::new(l, "inbound", &metrics), Target::Redirected));
+        listeners.push((
+            Listener::new(l, "inbound", metrics.accept_errors("inbound")),
+            Target::Redirected,
+        ));
     }
     for listen in &cfg.listen {
         for l in bind_listen(listen)? {
             let target = Target::Fixed(listen.app_port);
-            listeners.push((Listener::new(l, "listen", &metrics), target));
+            listeners.push((
+                Listener::new(l, "listen", metrics.accept_errors("listen")),
+                target,
+            ));
         }
     }
     if cfg.outbound_port != 0 {
@@ -148,14 +154,14 @@ pub async fn run(
         })?;
         let client = crate::outbound::client(store.clone());
         accept_tasks_outbound.push(tokio::spawn(crate::outbound::accept_loop(
-            Listener::new(listener, "outbound", &metrics),
+            Listener::new(listener, "outbound", metrics.accept_errors("outbound")),
             shared.clone(),
             client,
         )));
     }
     for l in bind_all("admin-port", cfg.admin_port)? {
         tokio::spawn(admin::serve(
-            Listener::new(l, "admin", &metrics),
+            Listener::new(l, "admin", metrics.accept_errors("admin")),
             admin.clone(),
         ));
     }

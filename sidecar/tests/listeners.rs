@@ -8,43 +8,11 @@
 //! descriptors are free.
 
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
-use kube_mtls_tests::process::{plain_get, wait_until};
+use kube_mtls_tests::process::{cpu_ticks, open_fds, plain_get, set_fd_limit, wait_until};
 use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample};
 use kube_mtls_tests::tls::get;
-
-/// The number of descriptors the process has open.
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the sidecar's /proc entry")
-        .count() as u64
-}
-
-/// CPU time the process has used (user + system, all threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the sidecar's stat");
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line, the 12th and 13th after it.
-    let after = stat.rsplit_once(')').expect("stat format").1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-fn set_fd_limit(pid: u32, limit: u64) {
-    let out = Command::new("prlimit")
-        .arg("--pid")
-        .arg(pid.to_string())
-        .arg(format!("--nofile={limit}:{limit}"))
-        .output()
-        .expect("prlimit (util-linux) is installed");
-    assert!(
-        out.status.success(),
-        "prlimit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_every_listener_backs_off_and_serves_again() {

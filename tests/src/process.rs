@@ -55,6 +55,38 @@ pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Outpu
     child.wait_with_output().expect("wait for output")
 }
 
+/// The number of descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's /proc entry")
+        .count() as u64
+}
+
+/// CPU time process `pid` has used (user + system, all threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process's stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, the 12th and 13th after it.
+    let after = stat.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Sets process `pid`'s RLIMIT_NOFILE with prlimit(1), to run it out of descriptors.
+pub fn set_fd_limit(pid: u32, limit: u64) {
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("prlimit (util-linux) is installed");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A plain HTTP/1.1 GET (admin port); `None` when nothing answers.
 pub fn plain_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;

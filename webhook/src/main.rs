@@ -163,6 +163,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = client
         .clone()
         .map(|c| events::Recorder::new(c, std::env::var("HOSTNAME").ok()));
+    let accept_errors = metrics.accept_errors.clone();
     let admission = Arc::new(Admission {
         defaults: defaults(&args.injection, native)?,
         own_namespace: args.namespace.clone(),
@@ -185,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "health server stopped");
         }
     });
-    let serving = server::serve_https(https, tls, server::router(admission));
+    let serving = server::serve_https(https, tls, server::router(admission), accept_errors);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = serving => {}

@@ -1,6 +1,7 @@
 //! Prometheus metrics, prefixed `kube_mtls_webhook_`: pods injected, skipped
-//! (by reason), rejected, admission latency, and Certificate reconciles (by
-//! outcome: a controller that keeps re-applying shows as a growing `updated`).
+//! (by reason), rejected, admission latency, Certificate reconciles (by
+//! outcome: a controller that keeps re-applying shows as a growing `updated`)
+//! and failed accepts.
 
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct Metrics {
     skipped: Family<Reason, Counter>,
     latency: Histogram,
     reconciles: Family<ReconcileOutcome, Counter>,
+    /// Failed accepts on the HTTPS port (out of file descriptors).
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +63,12 @@ impl Metrics {
             "Certificate reconciles, by outcome (deleted, updated, in_line, ignored, error)",
             reconciles.clone(),
         );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the HTTPS port (out of file descriptors); the webhook backs off and retries",
+            accept_errors.clone(),
+        );
         Metrics {
             registry,
             injected,
@@ -67,6 +76,7 @@ impl Metrics {
             skipped,
             latency,
             reconciles,
+            accept_errors,
         }
     }
 

@@ -144,13 +144,19 @@ pub fn router(admission: Arc<Admission>) -> Router {
         .with_state(admission)
 }
 
-/// Serves `router` over TLS on `listener` until the process ends.
-pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+/// Serves `router` over TLS on `listener` until the process ends. Failed
+/// accepts (out of file descriptors) are waited out with back-off and
+/// counted in `accept_errors` ([`kube_mtls_listener::Listener`]).
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    accept_errors: prometheus_client::metrics::counter::Counter,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = kube_mtls_listener::Listener::new(listener, "https", accept_errors);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = listener.accept().await;
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use kube_mtls_tests::certs::{Issued, Leaf, TestCa};
-use kube_mtls_tests::process::{Proc, free_port, plain_get, wait_until};
+use kube_mtls_tests::process::{
+    Proc, cpu_ticks, free_port, open_fds, plain_get, set_fd_limit, wait_until,
+};
 use kube_mtls_tests::tls::{HttpConn, client_config};
 use serde_json::{Value, json};
 
@@ -317,4 +319,42 @@ async fn serving_certificate_rotates_and_a_bad_one_is_refused() {
         wh.proc.logs()
     );
     assert_eq!(served(wh.https, wh.client()).await, der(&next));
+}
+
+/// Out of file descriptors, the HTTPS listener backs off instead of spinning
+/// (the real binary under a real RLIMIT_NOFILE), counts the failures, and
+/// answers reviews again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_webhook_backs_off_and_serves_again() {
+    let w = Webhook::start();
+    let pid = w.proc.pid();
+    set_fd_limit(pid, open_fds(pid) + 4);
+    let silent: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| std::net::TcpStream::connect(w.https).expect("the kernel queues the connection"))
+        .collect();
+    assert!(
+        w.proc
+            .wait_for_log("accept failed", Duration::from_secs(10)),
+        "no failed accept logged:\n{}",
+        w.proc.logs()
+    );
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 20, "{used} ticks of CPU in 1 s out of descriptors");
+    drop(silent);
+    assert!(
+        w.proc
+            .wait_for_log("accepting connections again", Duration::from_secs(10)),
+        "{}",
+        w.proc.logs()
+    );
+    let response = w.review("default", pod(json!({}))).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let (_, metrics) = plain_get(w.plain, "/metrics").expect("metrics");
+    let failed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kube_mtls_webhook_accept_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(failed.is_some_and(|n| n >= 1.0), "{metrics}");
 }

@@ -1,5 +1,5 @@
-//! The one way every listener of the sidecar (inbound, direct `--listen`,
-//! outbound, admin) accepts connections.
+//! The one way every listener of kube-mtls accepts connections: the
+//! sidecar's (inbound, direct `--listen`, outbound, admin) and the webhook's.
 //!
 //! `accept(2)` fails for reasons that pass: the process or the host is out of
 //! file descriptors (EMFILE, ENFILE) or of socket memory (ENOBUFS, ENOMEM).
@@ -8,8 +8,9 @@
 //! connections whose end would free the descriptors. [`Listener::accept`]
 //! waits instead, on the schedule of [`Backoff`] (5 ms, doubling up to 1 s, for
 //! as long as the failures last), logs the first failure of a streak and the
-//! recovery, and counts every failure in
-//! `kube_mtls_sidecar_accept_errors_total{listener}`. It never gives up: once
+//! recovery, and counts every failure in the counter it was given (the
+//! sidecar's `kube_mtls_sidecar_accept_errors_total{listener}`, the webhook's
+//! `kube_mtls_webhook_accept_errors_total`). It never gives up: once
 //! descriptors are free again, the listener accepts again.
 //!
 //! A connection that was reset while still queued (ECONNABORTED) is that one
@@ -22,8 +23,6 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-use crate::metrics::Metrics;
 
 /// The waits between failed accepts: [`Backoff::FIRST`], doubling each time,
 /// never more than [`Backoff::MAX`]. A new streak starts from the beginning.
@@ -62,7 +61,7 @@ pub struct Listener {
     inner: TcpListener,
     /// Names the listener in logs and in the `listener` label of the metric.
     name: &'static str,
-    /// `kube_mtls_sidecar_accept_errors_total{listener=<name>}`.
+    /// Counts failed accepts (the owner's `accept_errors` metric).
     errors: Counter,
 }
 
@@ -77,11 +76,12 @@ fn per_connection(e: &io::Error) -> bool {
 }
 
 impl Listener {
-    pub fn new(inner: TcpListener, name: &'static str, metrics: &Metrics) -> Self {
+    /// `name` names the listener in logs; `errors` counts its failed accepts.
+    pub fn new(inner: TcpListener, name: &'static str, errors: Counter) -> Self {
         Listener {
             inner,
             name,
-            errors: metrics.accept_errors(name),
+            errors,
         }
     }
 
@@ -173,7 +173,7 @@ mod tests {
         // A real listener whose socket is shut for reading fails every accept
         // with EINVAL at once, the way a descriptor shortage does: the loop
         // must wait between attempts instead of spinning.
-        let metrics = Metrics::new();
+        let errors = Counter::default();
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let std = tcp.into_std().expect("std listener");
         socket2::SockRef::from(&std)
@@ -182,14 +182,14 @@ mod tests {
         let listener = Listener::new(
             TcpListener::from_std(std).expect("tokio listener"),
             "inbound",
-            &metrics,
+            errors.clone(),
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(listener.run(stop.clone(), |_, _| {}));
         tokio::time::sleep(Duration::from_secs(10)).await;
         stop.cancel();
         task.await.expect("the loop ends on shutdown");
-        let failed = metrics.accept_errors("inbound").get();
+        let failed = errors.get();
         // 5+10+...+640 ms is 1.275 s, then one a second: about 17 in 10 s.
         assert!(
             (10..=20).contains(&failed),
