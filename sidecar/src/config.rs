@@ -49,7 +49,7 @@ pub struct Config {
     tcp_ports: HashSet<u16>,
     /// Read through [`Config::mode`].
     h2_ports: HashSet<u16>,
-    /// Direct listeners: (listen port, app port).
+    /// Direct listeners (`--listen`), each on its address or every interface.
     pub listen: Vec<Listen>,
     /// Keyed by `<container>/<probe>`.
     pub app_probes: BTreeMap<String, ProbeTarget>,
