@@ -43,7 +43,7 @@ done
 # Rendering is deterministic: the same input renders byte for byte the same.
 helm template kube-mtls "$chart" --namespace kube-mtls --include-crds > "$work/again.yaml"
 cmp -s "$work/default.yaml" "$work/again.yaml" || { echo "chart rendering is not deterministic" >&2; exit 1; }
-if grep -nE '\{\{[^}]*\b(genCA|genSelfSignedCert|genPrivateKey|randAlphaNum|randAscii|randNumeric|uuidv4|now)\b' "$chart"/templates/*; then
+if grep -nE '\{\{[^}]*\b(genCA|genSelfSignedCert|genPrivateKey|randAlphaNum|randAscii|randNumeric|uuidv4|now)\b' -r "$chart"/templates; then
   echo "templates must not generate certificates or random values" >&2
   exit 1
 fi
