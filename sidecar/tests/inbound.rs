@@ -8,7 +8,7 @@ use std::time::Duration;
 use kube_mtls_tests::app::{self, echo};
 use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Usage, Validity};
 use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
-use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -398,11 +398,7 @@ async fn http2_by_alpn_to_an_http1_app() {
 async fn grpc_style_h2_upstream() {
     // The app port is marked h2: the sidecar speaks HTTP/2 cleartext to it.
     let app = app::start().await;
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let listen = free_port();
     let h2 = app.port().to_string();
     let _sidecar = Sidecar::start(dir.path(), &[(listen, app.port())], &["--h2-ports", &h2]);
@@ -438,11 +434,7 @@ async fn grpc_style_h2_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_mode_copies_bytes_and_closes_on_refusal() {
     let echo_addr = app::start_tcp_echo().await;
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let listen = free_port();
     let tcp = echo_addr.port().to_string();
     let _sidecar = Sidecar::start(
@@ -480,11 +472,7 @@ async fn tcp_mode_copies_bytes_and_closes_on_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_gives_502_with_a_body() {
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let (listen, dead) = (free_port(), free_port());
     let sidecar = Sidecar::start(dir.path(), &[(listen, dead)], &[]);
     let cfg = client_config(
@@ -726,11 +714,7 @@ async fn oversized_headers_are_refused() {
 async fn a_connection_that_was_not_redirected_is_closed() {
     // On loopback nothing is redirected: the inbound port has no original
     // destination and must not forward anywhere.
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let inbound = free_port();
     let admin = free_port();
     let mut cmd = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"));
@@ -764,11 +748,7 @@ async fn a_connection_that_was_not_redirected_is_closed() {
 
 #[test]
 fn bad_settings_exit_non_zero_naming_the_setting() {
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let run = |args: &[&str], envs: &[(&str, &str)]| {
         let out = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"))
             .args(args)

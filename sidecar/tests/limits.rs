@@ -11,7 +11,9 @@ use std::time::Duration;
 use kube_mtls_tests::app::{self, echo};
 use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Validity};
 use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
-use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, sum};
+use kube_mtls_tests::sidecar_env::{
+    CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, server_certs, sum,
+};
 use kube_mtls_tests::tls::{HttpConn, connect, connect_from, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -372,11 +374,7 @@ async fn an_expired_intermediate_makes_the_sidecar_unready() {
 
 #[test]
 fn new_limits_are_validated_naming_flag_and_variable() {
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (_ca, dir) = server_certs();
     let d = dir.path().to_str().unwrap();
     for (env_var, value, flag) in [
         ("KUBE_MTLS_MAX_HANDSHAKES", "0", "--max-handshakes"),

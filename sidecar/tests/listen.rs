@@ -4,23 +4,18 @@
 use std::net::{SocketAddr, TcpStream};
 
 use kube_mtls_tests::app;
-use kube_mtls_tests::certs::{Leaf, TestCa};
+use kube_mtls_tests::certs::Leaf;
 use kube_mtls_tests::process::{Sidecar, free_port};
-use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, server_certs};
 use kube_mtls_tests::tls::{client_config, get};
 
 #[tokio::test]
 async fn a_listen_address_binds_that_address_only() {
-    let ca = TestCa::new("test CA");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cert_dir = dir.path().join("certs");
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(&cert_dir)
-        .expect("server certificate");
+    let (ca, dir) = server_certs();
     let app = app::start().await;
     let port = free_port();
     let listen = format!("--listen=127.0.0.1:{port}:{}", app.port());
-    let _sidecar = Sidecar::start(&cert_dir, &[], &[&listen]);
+    let _sidecar = Sidecar::start(dir.path(), &[], &[&listen]);
 
     let client = client_config(
         &ca.cert_pem,

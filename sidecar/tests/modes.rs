@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube_mtls_tests::app::echo;
 use kube_mtls_tests::certs::{Leaf, TestCa};
 use kube_mtls_tests::process::{Sidecar, free_port, wait_until};
-use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample};
+use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config, connect, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -240,11 +240,7 @@ async fn start_banner_app() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_leaves_tcp_ports_mtls_only_and_never_delays_them() {
     let app = start_banner_app().await;
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (ca, dir) = server_certs();
     let listen = free_port();
     let tcp = app.port().to_string();
     // A detection timeout far beyond the client's patience: were the port
@@ -413,11 +409,7 @@ async fn strict_and_enforce_stay_the_default() {
 
 #[test]
 fn bad_mode_settings_name_the_flag() {
-    let ca = TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.issue(&Leaf::spiffe(SERVER_ID))
-        .write_dir(dir.path())
-        .unwrap();
+    let (_ca, dir) = server_certs();
     let d = dir.path().to_str().unwrap();
     let run = |args: &[&str], envs: &[(&str, &str)]| {
         let out = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"))

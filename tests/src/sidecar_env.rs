@@ -2,7 +2,7 @@
 //! tests of the `kube-mtls-sidecar` binary.
 //!
 //! Several test files start the real binary the same way: a throwaway CA, a
-//! server certificate for [`SERVER_ID`] in a temporary cert dir, the echo
+//! server certificate for [`SERVER_ID`] in a temporary cert dir ([`server_certs`]), the echo
 //! [`app`](crate::app) and one direct listener in front of it. [`SidecarEnv`]
 //! is that set-up, kept in one place with the client and metrics helpers the
 //! tests drive it with.
@@ -19,6 +19,18 @@ use crate::tls::client_config;
 pub const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/orders";
 /// An identity the default policy (the pod's trust domain) admits.
 pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/front";
+
+/// A throwaway CA, and a temporary cert dir holding its certificate for
+/// [`SERVER_ID`] the way a cert-manager Secret is laid out: what a sidecar
+/// started by hand serves with. The CA issues callers' certificates too.
+pub fn server_certs() -> (TestCa, tempfile::TempDir) {
+    let ca = TestCa::new("test CA");
+    let dir = tempfile::tempdir().expect("temp dir");
+    ca.issue(&Leaf::spiffe(SERVER_ID))
+        .write_dir(dir.path())
+        .expect("server certificate");
+    (ca, dir)
+}
 
 /// A sidecar with one direct listener in front of the echo app.
 pub struct SidecarEnv {
@@ -37,12 +49,8 @@ impl SidecarEnv {
     /// Starts the echo app and a sidecar with `extra` arguments in front of
     /// it, and waits until the sidecar is ready.
     pub async fn start(extra: &[&str]) -> SidecarEnv {
-        let ca = TestCa::new("test CA");
-        let dir = tempfile::tempdir().unwrap();
-        let cert_dir = dir.path().join("certs");
-        ca.issue(&Leaf::spiffe(SERVER_ID))
-            .write_dir(&cert_dir)
-            .unwrap();
+        let (ca, dir) = server_certs();
+        let cert_dir = dir.path().to_owned();
         let app = app::start().await;
         let listen = free_port();
         let sidecar = Sidecar::start(&cert_dir, &[(listen, app.port())], extra);
