@@ -3,10 +3,17 @@
 //! tracing filter, `KUBE_MTLS_LOG_LEVEL`), logs on stderr, and colour only
 //! when stderr is a terminal: text logs written to a file or a pipe carry no
 //! ANSI escape codes.
+//!
+//! The filter is tracing-subscriber's `Targets` (`info`,
+//! `warn,kube_mtls_sidecar=debug`): the same grammar as `RUST_LOG` less span
+//! and field filters, which would pull a regular-expression engine into every
+//! binary (about 10% of the sidecar's code, resident in every pod).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 pub use kube_mtls_contract::LogFormat;
 
@@ -46,21 +53,40 @@ pub fn style(format: LogFormat, terminal: bool) -> Style {
 /// Installs the process's log subscriber: `format` and the filter `level`,
 /// on stderr, coloured only when stderr is a terminal.
 pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter {
-        value: level.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let filter = parse_filter(level)?;
     let style = style(format, std::io::stderr().is_terminal());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(style.colour);
     let installed = if style.json {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(filter).try_init()
     };
     installed.map_err(|_| TelemetryError::AlreadySet)
+}
+
+/// `--log-level` as a filter, or the error that names the flag. A bare word
+/// must be a level: `Targets` would read `verbose` as a crate name and log
+/// nothing, which looks like a quiet binary rather than a typo.
+fn parse_filter(level: &str) -> Result<Targets, TelemetryError> {
+    let error = |reason: String| TelemetryError::Filter {
+        value: level.to_owned(),
+        reason,
+    };
+    for directive in level.split(',').map(str::trim) {
+        if !directive.contains('=') && directive.parse::<LevelFilter>().is_err() {
+            return Err(error(format!(
+                "{directive:?} is neither a level (trace, debug, info, warn, error, off) nor crate=level"
+            )));
+        }
+    }
+    level.trim().parse().map_err(|e| error(format!("{e}")))
 }
 
 #[cfg(test)]
@@ -135,5 +161,17 @@ mod tests {
             err.contains("--log-level") && err.contains("KUBE_MTLS_LOG_LEVEL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_filter_sets_levels_per_crate() {
+        use tracing::Level;
+        let filter = parse_filter("warn,kube_mtls_sidecar=debug").expect("a valid filter");
+        assert!(filter.would_enable("kube_mtls_sidecar::proxy", &Level::DEBUG));
+        assert!(!filter.would_enable("hyper::proto", &Level::INFO));
+        assert!(filter.would_enable("hyper::proto", &Level::WARN));
+        for bad in ["loud", "info,=[", "kube_mtls_sidecar=chatty"] {
+            assert!(parse_filter(bad).is_err(), "{bad} was taken");
+        }
     }
 }
