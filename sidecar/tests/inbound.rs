@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube_mtls_tests::app::{self, echo};
 use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Usage, Validity};
-use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
+use kube_mtls_tests::deadline::{PATIENCE, within};
+use kube_mtls_tests::process::{
+    Sidecar, free_port, output, output_with_input, plain_get, wait_until,
+};
 use kube_mtls_tests::sidecar_env::{CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -231,16 +234,16 @@ async fn curl_and_openssl_as_clients() {
     let url = format!("https://localhost:{}/from-curl", env.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", env.addr.port());
 
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
-        .arg(&ca)
-        .arg("--cert")
-        .arg(&crt)
-        .arg("--key")
-        .arg(&key)
-        .arg(&url)
-        .output()
-        .expect("curl is installed");
+    let out = output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(&url),
+    );
     assert!(
         out.status.success(),
         "curl: {}",
@@ -254,36 +257,36 @@ async fn curl_and_openssl_as_clients() {
     );
 
     // HTTP/2 through curl too.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http2",
-            "--max-time",
-            "10",
-            "--resolve",
-            &resolve,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version}",
-            "--cacert",
-        ])
-        .arg(&ca)
-        .arg("--cert")
-        .arg(&crt)
-        .arg("--key")
-        .arg(&key)
-        .arg(&url)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(&url),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2");
 
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
-        .arg(&ca)
-        .arg(&url)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert"])
+            .arg(&ca)
+            .arg(&url),
+    );
     assert!(
         !out.status.success(),
         "curl without a client certificate must fail"
@@ -295,28 +298,20 @@ async fn curl_and_openssl_as_clients() {
     // checks the (missing) certificate, so s_client must keep reading after
     // its input ends (-ign_eof) to see the alert; `Connection: close` makes
     // the connection end even if a request were (wrongly) answered.
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-ign_eof",
-            "-connect",
-            &env.addr.to_string(),
-            "-servername",
-            "localhost",
-            "-CAfile",
-        ])
-        .arg(&ca)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        let _ = stdin.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_input(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-ign_eof",
+                "-connect",
+                &env.addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+            ])
+            .arg(&ca),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -329,41 +324,32 @@ async fn curl_and_openssl_as_clients() {
             || all.contains("handshake failure"),
         "openssl did not report a refused handshake: {all}"
     );
-    // With the certificate, openssl gets an answer from the app.
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &env.addr.to_string(),
-            "-servername",
-            "localhost",
-            "-CAfile",
-        ])
-        .arg(&ca)
-        .arg("-cert")
-        .arg(&crt)
-        .arg("-key")
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        let _ = stdin
-            .write_all(b"GET /openssl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        // Keep stdin open until the reply is in: openssl exits on EOF.
-        let mut stdout = child.stdout.take().unwrap();
-        let mut buf = String::new();
-        use std::io::Read;
-        let _ = stdout.read_to_string(&mut buf);
-        assert!(buf.contains("200 OK") && buf.contains(CLIENT_ID), "{buf}");
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    // With the certificate, openssl gets an answer from the app. -quiet keeps
+    // reading after its input ends (it implies -ign_eof), until the sidecar
+    // closes the connection after its reply.
+    let out = output_with_input(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                &env.addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+            ])
+            .arg(&ca)
+            .arg("-cert")
+            .arg(&crt)
+            .arg("-key")
+            .arg(&key),
+        b"GET /openssl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains("200 OK") && reply.contains(CLIENT_ID),
+        "{reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,9 +436,13 @@ async fn tcp_mode_copies_bytes_and_closes_on_refusal() {
         &["postgresql"],
     );
     let mut s = kube_mtls_tests::tls::connect(addr, cfg).await.unwrap();
-    s.write_all(b"\x00\x01binary payload\xff").await.unwrap();
     let mut buf = [0u8; 17];
-    s.read_exact(&mut buf).await.unwrap();
+    within(PATIENCE, "the TCP echo through the sidecar", async {
+        s.write_all(b"\x00\x01binary payload\xff").await?;
+        s.read_exact(&mut buf).await
+    })
+    .await
+    .unwrap();
     assert_eq!(&buf, b"\x00\x01binary payload\xff");
 
     let cfg = client_config(
@@ -461,9 +451,13 @@ async fn tcp_mode_copies_bytes_and_closes_on_refusal() {
         &[],
     );
     let mut s = kube_mtls_tests::tls::connect(addr, cfg).await.unwrap();
-    let _ = s.write_all(b"hello").await;
     let mut buf = Vec::new();
-    let n = s.read_to_end(&mut buf).await.unwrap_or(0);
+    let what = "the sidecar to close a refused caller's connection";
+    let n = within(PATIENCE, what, async {
+        let _ = s.write_all(b"hello").await;
+        s.read_to_end(&mut buf).await.unwrap_or(0)
+    })
+    .await;
     assert_eq!(
         n, 0,
         "a refused caller gets a closed connection, not an echo"
@@ -541,15 +535,16 @@ async fn rotation_by_data_symlink_swap_keeps_open_connections_and_refuses_corrup
     let second = ca.issue(&Leaf::spiffe(SERVER_ID));
     dir.swap(&second).unwrap();
     let rotated = {
-        let mut seen = false;
-        for _ in 0..250 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
             if served_cert(addr, cfg.clone()).await == pem_der(&second.cert_pem) {
-                seen = true;
-                break;
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        seen
     };
     assert!(
         rotated,
@@ -614,7 +609,7 @@ async fn sigterm_drains_the_request_in_flight() {
             "kube_mtls_sidecar_requests_total",
         ) >= 1.0
     });
-    assert!(counted);
+    assert!(counted, "the slow request never reached the sidecar");
     env.sidecar.proc.signal("TERM");
     assert!(
         wait_until(Duration::from_secs(5), || plain_get(admin, "/ready")
@@ -622,12 +617,18 @@ async fn sigterm_drains_the_request_in_flight() {
         "/ready must turn 503 while draining"
     );
     // New connections are no longer accepted.
-    let refused_new = tokio::net::TcpStream::connect(env.addr).await.is_err()
+    let connect = tokio::net::TcpStream::connect(env.addr);
+    let refused_new = within(PATIENCE, "a connection to a draining sidecar", connect)
+        .await
+        .is_err()
         || get(env.addr, env.client(&env.caller(CLIENT_ID)), "/", &[])
             .await
             .is_err();
     assert!(refused_new, "listener still accepting while draining");
-    let r = in_flight.await.unwrap().unwrap();
+    let r = within(PATIENCE, "the request in flight", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, 200, "the in-flight request completes");
     assert_eq!(
         r.headers.get("connection").map(|v| v.to_str().unwrap()),
@@ -728,10 +729,12 @@ async fn a_connection_that_was_not_redirected_is_closed() {
     ]);
     let p = kube_mtls_tests::process::Proc::spawn(cmd);
     let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    assert!(wait_until(Duration::from_secs(20), || plain_get(
-        admin, "/ready"
-    )
-    .is_some_and(|(s, _)| s == 200)));
+    assert!(
+        wait_until(Duration::from_secs(20), || plain_get(admin, "/ready")
+            .is_some_and(|(s, _)| s == 200)),
+        "the sidecar never became ready:\n{}",
+        p.logs()
+    );
     let cfg = client_config(
         &ca.cert_pem,
         Some(&ca.issue(&Leaf::spiffe(CLIENT_ID))),
@@ -749,12 +752,16 @@ async fn a_connection_that_was_not_redirected_is_closed() {
 #[test]
 fn bad_settings_exit_non_zero_naming_the_setting() {
     let (ca, dir) = server_certs();
+    // Free ports throughout: were a setting taken by mistake, the sidecar
+    // would run, on ports of its own, until the deadline stops it.
+    let (inbound, admin) = (free_port().to_string(), free_port().to_string());
     let run = |args: &[&str], envs: &[(&str, &str)]| {
-        let out = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"))
-            .args(args)
-            .envs(envs.iter().copied())
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"));
+        cmd.args(["--outbound-port", "0", "--inbound-port", &inbound]);
+        if !args.contains(&"--admin-port") {
+            cmd.args(["--admin-port", &admin]);
+        }
+        let out = output(cmd.args(args).envs(envs.iter().copied()));
         assert!(!out.status.success(), "{args:?} must fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -764,7 +771,7 @@ fn bad_settings_exit_non_zero_naming_the_setting() {
         err.contains("--cert-dir") && err.contains("tls.crt"),
         "{err}"
     );
-    let err = run(&["--cert-dir", d, "--admin-port", "15006"], &[]);
+    let err = run(&["--cert-dir", d, "--admin-port", &inbound], &[]);
     assert!(
         err.contains("--inbound-port") && err.contains("--admin-port"),
         "{err}"
@@ -794,7 +801,7 @@ fn bad_settings_exit_non_zero_naming_the_setting() {
 
 /// The serial number of a PEM certificate as `openssl x509 -serial` prints it.
 fn openssl_serial(cert_pem: &str) -> String {
-    let out = kube_mtls_tests::process::output_with_input(
+    let out = output_with_input(
         Command::new("openssl").args(["x509", "-noout", "-serial"]),
         cert_pem.as_bytes(),
     );

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use kube_mtls_tests::app::{self, echo};
 use kube_mtls_tests::certs::{KubeletDir, Leaf, TestCa, Validity};
-use kube_mtls_tests::process::{Sidecar, free_port, plain_get, wait_until};
+use kube_mtls_tests::deadline::{PATIENCE, within};
+use kube_mtls_tests::process::{Sidecar, free_port, output, plain_get, wait_until};
 use kube_mtls_tests::sidecar_env::{
     CLIENT_ID, SERVER_ID, SidecarEnv as Env, sample, server_certs, sum,
 };
@@ -70,15 +71,16 @@ async fn idle_timeout_spares_requests_waiting_for_the_app() {
 
     // A connection with nothing in flight is still closed once idle.
     let mut tls = connect(env.addr, env.h1()).await.unwrap();
-    tls.write_all(b"GET /quick HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut buf)).await;
-    assert!(
-        closed.is_ok(),
-        "an idle keep-alive connection was never closed"
-    );
+    let what = "the sidecar to close an idle keep-alive connection";
+    within(PATIENCE, what, async {
+        tls.write_all(b"GET /quick HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("the request is written");
+        // Closed with or without close_notify: either ends the read.
+        let _ = tls.read_to_end(&mut buf).await;
+    })
+    .await;
     assert!(
         String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
         "{}",
@@ -125,19 +127,19 @@ async fn oversized_header_431_reaches_curl_over_http1() {
     // Far more than the sidecar reads before it answers, so most of the
     // request is still unread when it closes.
     let big = format!("x-big: {}", "x".repeat(60_000));
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http1.1",
-            "--max-time",
-            "10",
-            "--resolve",
-            &resolve,
-        ])
-        .args(["--cacert", &ca, "--cert", &crt, "--key", &key])
-        .args(["-H", &big, "-o", "/dev/null", "-w", "%{http_code}", &url])
-        .output()
-        .expect("curl is installed");
+    let out = output(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+            ])
+            .args(["--cacert", &ca, "--cert", &crt, "--key", &key])
+            .args(["-H", &big, "-o", "/dev/null", "-w", "%{http_code}", &url]),
+    );
     assert!(
         out.status.success(),
         "curl: {}",
@@ -174,12 +176,16 @@ async fn oversized_header_fails_only_its_http2_stream() {
     );
 }
 
-/// Sends one raw HTTP/1.1 request over mTLS and returns what came back.
+/// Sends one raw HTTP/1.1 request over mTLS and returns what came back
+/// before the sidecar closed the connection.
 async fn raw_request(env: &Env, request: &[u8]) -> String {
     let mut tls = connect(env.addr, env.h1()).await.unwrap();
-    let _ = tls.write_all(request).await;
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+    within(PATIENCE, "the sidecar to answer and close", async {
+        let _ = tls.write_all(request).await;
+        let _ = tls.read_to_end(&mut buf).await;
+    })
+    .await;
     String::from_utf8_lossy(&buf).into_owned()
 }
 
@@ -247,7 +253,12 @@ async fn silent_connections_from_one_source_do_not_lock_out_valid_clients() {
     // 30 TCP connections from 127.0.0.1 that never send a ClientHello.
     let mut silent = Vec::new();
     for _ in 0..30 {
-        silent.push(tokio::net::TcpStream::connect(env.addr).await.unwrap());
+        let connect = tokio::net::TcpStream::connect(env.addr);
+        silent.push(
+            within(PATIENCE, "a silent connection", connect)
+                .await
+                .unwrap(),
+        );
     }
     // Every one of them has been through the accept loop (taken a slot or been refused).
     let seen = wait_until(Duration::from_secs(10), || {

@@ -2,6 +2,7 @@
 //! laptop can keep the sidecar off every other interface.
 
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use kube_mtls_tests::app;
 use kube_mtls_tests::certs::Leaf;
@@ -30,7 +31,7 @@ async fn a_listen_address_binds_that_address_only() {
     // 127.0.0.2 is this host too, but not the address the listener took.
     let off = SocketAddr::from(([127, 0, 0, 2], port));
     assert!(
-        TcpStream::connect(off).is_err(),
+        TcpStream::connect_timeout(&off, Duration::from_secs(5)).is_err(),
         "{off} accepted a connection"
     );
 }
@@ -41,7 +42,7 @@ fn a_listen_address_that_is_not_one_is_refused_naming_the_flag() {
     let mut sidecar = Sidecar::spawn(dir.path(), &[], &["--listen=localhost:8443:8080"]);
     let status = sidecar
         .proc
-        .wait_exit(std::time::Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(10))
         .expect("the sidecar exits");
     assert!(!status.success());
     let logs = sidecar.proc.logs();

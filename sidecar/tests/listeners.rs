@@ -37,7 +37,10 @@ async fn out_of_file_descriptors_every_listener_backs_off_and_serves_again() {
     // Silent clients take the last descriptors; the rest wait in the backlog,
     // where the listener cannot take them.
     let silent: Vec<TcpStream> = (0..32)
-        .map(|_| TcpStream::connect(env.addr).expect("the kernel queues the connection"))
+        .map(|_| {
+            TcpStream::connect_timeout(&env.addr, Duration::from_secs(5))
+                .expect("the kernel queues the connection")
+        })
         .collect();
     let logs = || env.sidecar.proc.logs();
     let failing = |n: usize| {
@@ -46,9 +49,11 @@ async fn out_of_file_descriptors_every_listener_backs_off_and_serves_again() {
         })
     };
     assert!(failing(1), "no failed accept logged:\n{}", logs());
-    // The admin port is out of descriptors too: this probe waits in its backlog.
+    // The admin port is out of descriptors too: this probe waits in its
+    // backlog (for at most plain_get's deadline).
     let admin = env.sidecar.admin;
-    let probe = std::thread::spawn(move || plain_get(admin, "/ready"));
+    let (probe_tx, probe) = std::sync::mpsc::channel();
+    std::thread::spawn(move || probe_tx.send(plain_get(admin, "/ready")));
     assert!(
         failing(2),
         "the admin listener logged no failed accept:\n{}",
@@ -75,7 +80,9 @@ async fn out_of_file_descriptors_every_listener_backs_off_and_serves_again() {
         "{}",
         logs()
     );
-    let ready = probe.join().expect("probe thread");
+    let ready = probe
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the admin probe's answer");
     assert_eq!(ready.map(|(s, _)| s), Some(200), "{}", logs());
     let after = get(env.addr, cfg, "/after", &[]).await.unwrap();
     assert_eq!(after.status, 200, "{}", after.body);

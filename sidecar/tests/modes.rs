@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use kube_mtls_tests::app::echo;
 use kube_mtls_tests::certs::{Leaf, TestCa};
-use kube_mtls_tests::process::{Sidecar, free_port, wait_until};
+use kube_mtls_tests::deadline::{PATIENCE, within};
+use kube_mtls_tests::process::{Sidecar, free_port, output, wait_until};
 use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config, connect, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +38,7 @@ fn curl(args: &[&str], url: &str) -> Output {
     for (k, v) in FORGED {
         cmd.arg("-H").arg(format!("{k}: {v}"));
     }
-    cmd.arg(url).output().expect("curl is installed")
+    output(cmd.arg(url))
 }
 
 /// Asserts that what the app received carries no identity but the address.
@@ -205,20 +206,27 @@ async fn a_silent_client_is_taken_for_plaintext_after_the_detection_timeout() {
         "kube_mtls_sidecar_plaintext_connections_total{{port=\"{}\"}}",
         env.app.port()
     );
-    let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let connect = tokio::net::TcpStream::connect(env.addr);
+    let mut s = within(PATIENCE, "a connection to the sidecar", connect)
+        .await
+        .unwrap();
     // Nothing sent: once the timeout has passed the sidecar has decided.
-    assert!(wait_until(Duration::from_secs(10), || sample(
-        &env.metrics(),
-        &plaintext
-    ) >= 1.0));
-    s.write_all(b"GET /late HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || sample(
+            &env.metrics(),
+            &plaintext
+        ) >= 1.0),
+        "the silent connection was never taken for plaintext:\n{}",
+        env.metrics()
+    );
     let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
-        .await
-        .expect("a reply")
-        .unwrap();
+    within(PATIENCE, "the reply to a late plaintext request", async {
+        s.write_all(b"GET /late HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        s.read_to_string(&mut reply).await
+    })
+    .await
+    .unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(!reply.contains("x-forwarded-client-cert"), "{reply}");
 }
@@ -261,16 +269,27 @@ async fn permissive_leaves_tcp_ports_mtls_only_and_never_delays_them() {
     let cfg = client_config(&ca.cert_pem, Some(&ca.issue(&Leaf::spiffe(CLIENT_ID))), &[]);
     let mut tls = connect(addr, cfg).await.unwrap();
     let mut banner = [0u8; 18];
-    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut banner))
+    // Far less than the detection timeout.
+    let what = "the banner, which must not wait for detection";
+    within(Duration::from_secs(10), what, tls.read_exact(&mut banner))
         .await
-        .expect("the banner arrives without waiting for detection")
         .unwrap();
     assert_eq!(&banner, b"220 banner ready\r\n");
 
     // Plaintext gets nothing of the app on a TCP port.
-    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = plain.write_all(b"EHLO intruder\r\n").await;
+    let connect = tokio::net::TcpStream::connect(addr);
+    let mut plain = within(PATIENCE, "a plaintext connection", connect)
+        .await
+        .unwrap();
+    let _ = within(
+        PATIENCE,
+        "a plaintext write",
+        plain.write_all(b"EHLO intruder\r\n"),
+    )
+    .await;
     let mut got = Vec::new();
+    // Whatever the sidecar does with it (close it, or hold it until the
+    // handshake timeout), nothing of the app comes back in 10 s.
     let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
     assert!(!String::from_utf8_lossy(&got).contains("220"), "{got:?}");
 }
@@ -412,18 +431,18 @@ fn bad_mode_settings_name_the_flag() {
     let (_ca, dir) = server_certs();
     let d = dir.path().to_str().unwrap();
     let run = |args: &[&str], envs: &[(&str, &str)]| {
-        let out = Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"))
-            .args(["--cert-dir", d, "--outbound-port", "0"])
-            .args([
-                "--inbound-port",
-                &free_port().to_string(),
-                "--admin-port",
-                &free_port().to_string(),
-            ])
-            .args(args)
-            .envs(envs.iter().copied())
-            .output()
-            .unwrap();
+        let out = output(
+            Command::new(kube_mtls_tests::bins::bin("kube-mtls-sidecar"))
+                .args(["--cert-dir", d, "--outbound-port", "0"])
+                .args([
+                    "--inbound-port",
+                    &free_port().to_string(),
+                    "--admin-port",
+                    &free_port().to_string(),
+                ])
+                .args(args)
+                .envs(envs.iter().copied()),
+        );
         assert!(!out.status.success(), "{args:?} {envs:?} must fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

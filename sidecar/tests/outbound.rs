@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kube_mtls_tests::certs::{Leaf, TestCa};
 use kube_mtls_tests::netns::Pod;
-use kube_mtls_tests::process::{plain_get, wait_until};
+use kube_mtls_tests::process::{output_within, plain_get, wait_until};
 use kube_mtls_tests::require_netns;
 use kube_mtls_tests::sidecar_env::sample;
 
@@ -48,7 +48,13 @@ async fn an_idle_outbound_connection_is_closed_and_counted() {
          printf 'GET /idle HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n' >&3; \
          timeout 20 cat <&3"
     );
-    let out = a.command("bash").args(["-c", &script]).output().unwrap();
+    // Longer than `timeout 20` in the script, so the script's own limit speaks first.
+    let out = output_within(
+        a.command("bash").args(["-c", &script]),
+        b"",
+        Duration::from_secs(40),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let reply = String::from_utf8_lossy(&out.stdout);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
@@ -61,7 +67,7 @@ async fn an_idle_outbound_connection_is_closed_and_counted() {
         out.status
     );
 
-    let admin = a.addr(15020);
+    let admin = a.addr(kube_mtls_contract::names::ADMIN_PORT);
     let metrics = || {
         plain_get(admin, "/metrics")
             .map(|(_, b)| b)

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::bins::bin;
 use crate::certs::{Issued, KubeletDir};
 use crate::netns::Pod;
+use crate::process::output;
 
 /// The certificate volume the webhook adds.
 pub const CERT_VOLUME: &str = "kube-mtls-certs";
@@ -86,14 +87,13 @@ fn run_init(pod: &Pod, init: &Value) {
         .collect();
     assert_eq!(init["securityContext"]["capabilities"]["drop"][0], "ALL");
     let cap_set = format!("-all,{}", caps.join(","));
-    let out = pod
-        .command("setpriv")
-        .arg(format!("--inh-caps={cap_set}"))
-        .arg(format!("--bounding-set={cap_set}"))
-        .arg(command_bin(init))
-        .args(strings(&init["args"]))
-        .output()
-        .expect("run the init container");
+    let out = output(
+        pod.command("setpriv")
+            .arg(format!("--inh-caps={cap_set}"))
+            .arg(format!("--bounding-set={cap_set}"))
+            .arg(command_bin(init))
+            .args(strings(&init["args"])),
+    );
     assert!(
         out.status.success(),
         "init container failed: {}",

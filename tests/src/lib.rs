@@ -1,6 +1,7 @@
 //! Test harness shared by the kube-mtls crates.
 //!
 //! - [`bins`]: paths of the workspace's built binaries.
+//! - [`deadline`]: a deadline for every wait, so a test fails instead of hanging.
 //! - [`certs`]: a throwaway CA and workload certificates, generated per test.
 //! - [`tls`]: an mTLS HTTP client (rustls + hyper).
 //! - [`app`]: a stand-in app that echoes what it received.
@@ -14,6 +15,7 @@ pub mod app;
 pub mod bins;
 pub mod certs;
 pub mod cluster;
+pub mod deadline;
 pub mod kubelet;
 pub mod netns;
 pub mod process;

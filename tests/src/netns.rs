@@ -18,7 +18,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::process::{Proc, plain_get, wait_until};
+use crate::deadline::PATIENCE;
+use crate::process::{Proc, output, output_within, plain_get, wait_until};
 
 /// The sidecar's UID in every pod, as the webhook writes it.
 pub use kube_mtls_contract::names::PROXY_UID;
@@ -30,9 +31,7 @@ pub fn available() -> Result<(), String> {
 }
 
 fn check() -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
+    let uid = output_within(Command::new("id").arg("-u"), b"", PATIENCE)
         .map_err(|e| format!("cannot run id: {e}"))?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("network-namespace tests need root".into());
@@ -43,11 +42,14 @@ fn check() -> Result<(), String> {
         "iptables-nft-restore",
         "iptables-legacy-restore",
     ] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let found = output_within(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}")),
+            b"",
+            PATIENCE,
+        )
+        .is_ok_and(|o| o.status.success());
         if !found {
             return Err(format!(
                 "{tool} is not installed (apt-get install iproute2 iptables util-linux)"
@@ -55,17 +57,23 @@ fn check() -> Result<(), String> {
         }
     }
     let probe = format!("kmtls-probe-{}", std::process::id());
-    let made = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .output()
-        .map_err(|e| e.to_string())?;
+    let made = output_within(
+        Command::new("ip").args(["netns", "add", &probe]),
+        b"",
+        PATIENCE,
+    )
+    .map_err(|e| e.to_string())?;
     if !made.status.success() {
         return Err(format!(
             "cannot create a network namespace: {}",
             String::from_utf8_lossy(&made.stderr).trim()
         ));
     }
-    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    let _ = output_within(
+        Command::new("ip").args(["netns", "del", &probe]),
+        b"",
+        PATIENCE,
+    );
     Ok(())
 }
 
@@ -87,7 +95,7 @@ macro_rules! require_netns {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    let out = output(Command::new("ip").args(args));
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -117,8 +125,8 @@ impl Pod {
         let base = u32::from(Ipv4Addr::new(10, 213, 0, 0)) + n * 4;
         let (host_ip, pod_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         // Leftovers of an earlier, interrupted run with the same numbers.
-        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = output(Command::new("ip").args(["link", "del", &host_if]));
+        let _ = output(Command::new("ip").args(["netns", "del", &name]));
 
         ip(&["netns", "add", &name]);
         ip(&[
@@ -232,12 +240,9 @@ impl Pod {
         c
     }
 
-    /// Runs a command in the pod to completion.
+    /// Runs a command in the pod to completion, within [`PATIENCE`].
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        self.command(program)
-            .args(args)
-            .output()
-            .expect("run in pod")
+        output(self.command(program).args(args))
     }
 
     /// Starts the echo app listening on 0.0.0.0 on each port, and waits until it answers.
@@ -251,13 +256,13 @@ impl Pod {
         }
     }
 
-    /// Runs `kube-mtls-init` in the pod with `args`.
+    /// Runs `kube-mtls-init` in the pod with `args`, within [`PATIENCE`].
     pub fn init(&self, args: &[&str]) -> Output {
-        self.command(crate::bins::bin("kube-mtls-init"))
-            .args(args)
-            .arg("--log-format=text")
-            .output()
-            .expect("run kube-mtls-init")
+        output(
+            self.command(crate::bins::bin("kube-mtls-init"))
+                .args(args)
+                .arg("--log-format=text"),
+        )
     }
 
     /// Starts the sidecar in the pod under [`PROXY_UID`], with `cert_dir`
@@ -319,11 +324,8 @@ fn bash_connect(pod: &Pod, port: u16) -> bool {
 impl Drop for Pod {
     fn drop(&mut self) {
         self.procs.clear();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
+        let ip = |args: &[&str]| output_within(Command::new("ip").args(args), b"", PATIENCE);
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
     }
 }

@@ -34,15 +34,17 @@ pub fn server_certs() -> (TestCa, tempfile::TempDir) {
 
 /// A sidecar with one direct listener in front of the echo app.
 pub struct SidecarEnv {
+    /// First, so that it is killed first when the test ends (fields drop in
+    /// order): the cert dir below stays in place for as long as it runs.
+    pub sidecar: Sidecar,
     /// The CA that issued the sidecar's certificate; it issues callers' too.
     pub ca: TestCa,
-    /// Holds the cert dir (`<dir>/certs`) for as long as the sidecar runs.
+    /// Holds the cert dir for as long as the sidecar runs.
     _dir: tempfile::TempDir,
     /// The echo app.
     pub app: SocketAddr,
     /// The sidecar's listener for `app`.
     pub addr: SocketAddr,
-    pub sidecar: Sidecar,
 }
 
 impl SidecarEnv {

@@ -1,4 +1,7 @@
-//! A test client that speaks mTLS with rustls and HTTP with hyper.
+//! A test client that speaks mTLS with rustls and HTTP with hyper. Every step
+//! that waits on the server (connect, handshake, reply) has a deadline
+//! ([`PATIENCE`]): past it the test fails naming the step, where it would
+//! otherwise wait for as long as the server keeps the connection open.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::certs::Issued;
+use crate::deadline::{PATIENCE, within};
 
 /// A client config trusting `ca_pem`, presenting `identity` if given, offering `alpn`.
 pub fn client_config(ca_pem: &str, identity: Option<&Issued>, alpn: &[&str]) -> Arc<ClientConfig> {
@@ -47,7 +51,12 @@ pub async fn connect(
     addr: SocketAddr,
     cfg: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = within(
+        PATIENCE,
+        format!("a TCP connection to {addr}"),
+        TcpStream::connect(addr),
+    )
+    .await?;
     tls_over(tcp, cfg).await
 }
 
@@ -64,15 +73,24 @@ pub async fn connect_from(
         TcpSocket::new_v6()?
     };
     socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(addr).await?;
+    let tcp = within(
+        PATIENCE,
+        format!("a TCP connection from {source} to {addr}"),
+        socket.connect(addr),
+    )
+    .await?;
     tls_over(tcp, cfg).await
 }
 
 async fn tls_over(tcp: TcpStream, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from("localhost").expect("server name");
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
+    let peer = tcp.peer_addr()?;
+    within(
+        PATIENCE,
+        format!("a TLS handshake with {peer}"),
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
 }
 
 /// A response, fully read.
@@ -97,6 +115,15 @@ impl HttpConn {
 
     /// Speaks HTTP on an established TLS connection.
     pub async fn over(tls: TlsStream<TcpStream>) -> anyhow::Result<HttpConn> {
+        within(
+            PATIENCE,
+            "an HTTP client handshake",
+            HttpConn::handshake(tls),
+        )
+        .await
+    }
+
+    async fn handshake(tls: TlsStream<TcpStream>) -> anyhow::Result<HttpConn> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
@@ -112,7 +139,19 @@ impl HttpConn {
     }
 
     /// Sends a request; `path` is e.g. `/hello`, headers are added as given.
+    /// Fails the test if the whole reply has not come within [`PATIENCE`].
     pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<Reply> {
+        let what = format!("the whole reply to {method} {path}");
+        within(PATIENCE, what, self.exchange(method, path, headers, body)).await
+    }
+
+    async fn exchange(
         &mut self,
         method: &str,
         path: &str,
