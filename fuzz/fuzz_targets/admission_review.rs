@@ -18,8 +18,9 @@
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
-use kube_mtls_fuzz::{OWN_NAMESPACE, check_injection, defaults};
+use kube_mtls_fuzz::{OWN_NAMESPACE, check_injection};
 use kube_mtls_webhook::admission::Admission;
+use kube_mtls_webhook::cli::unset_defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +29,7 @@ use serde_json::Value;
 fn admission() -> &'static Admission {
     static A: OnceLock<Admission> = OnceLock::new();
     A.get_or_init(|| Admission {
-        defaults: defaults(true),
+        defaults: unset_defaults(true),
         own_namespace: OWN_NAMESPACE.into(),
         view: ClusterView::empty(),
         client: None,

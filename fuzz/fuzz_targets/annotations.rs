@@ -17,10 +17,11 @@
 use arbitrary::Arbitrary;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_mtls_fuzz::{check_injection, defaults};
+use kube_mtls_fuzz::check_injection;
 use kube_mtls_contract::names::SIDECAR_PORTS;
 use kube_mtls_contract::ports::InboundPorts;
 use kube_mtls_webhook::annotations::{self, DOCUMENTED, PREFIX, PROFILE};
+use kube_mtls_webhook::cli::unset_defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch;
 use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, MtlsProfileSpec};
@@ -356,7 +357,7 @@ fuzz_target!(|input: Input| {
             .collect(),
         namespaces: vec![namespace],
     };
-    let defaults = defaults(input.native_default);
+    let defaults = unset_defaults(input.native_default);
 
     let Ok((resolved, _warnings)) = kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults) else {
         return; // refused with a reason: fine

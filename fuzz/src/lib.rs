@@ -14,28 +14,10 @@ use kube_mtls_webhook::admission::{self, Decision, Skip};
 use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
-use kube_mtls_webhook::profile::IssuerRef;
 use serde_json::Value;
 
 /// The webhook's namespace in every target.
 pub const OWN_NAMESPACE: &str = "kube-mtls";
-
-/// The webhook's flags, as the tests use them.
-pub fn defaults(native_sidecar: bool) -> Defaults {
-    Defaults {
-        sidecar_image: "ghcr.io/kube-mtls/sidecar:fuzz".into(),
-        trust_domain: "cluster.local".into(),
-        issuer: IssuerRef {
-            kind: "ClusterIssuer".into(),
-            name: "kube-mtls-ca".into(),
-        },
-        cert_duration: "24h".into(),
-        cert_renew_before: "8h".into(),
-        native_sidecar,
-        mode: Default::default(),
-        policy: Default::default(),
-    }
-}
 
 /// A directory with empty `tls.crt`, `tls.key` and `ca.crt`: the sidecar's
 /// flag validation only checks that they are files.

@@ -4,11 +4,10 @@
 //! and the sidecar's own items, re-exported here, so the plugin can never
 //! disagree with what was injected or what the sidecar enforces.
 //!
-//! What no shared crate exposes yet is declared below, once: the `mode` and
-//! `policy` annotations, the chart's label, and how to read the webhook
-//! Deployment's flags (their names and defaults are those of
-//! `kube-mtls-webhook serve`, docs/contract.md). When those move into a shared
-//! crate, only this module changes.
+//! The webhook Deployment's flags are read with the webhook's own parser
+//! ([`kube_mtls_webhook::cli`]), so their names, variables and defaults are
+//! the binary's. What no shared crate exposes yet is declared below, once: the
+//! chart's label and Pod Security Admission's labels.
 
 use k8s_openapi::api::core::v1::Container;
 
@@ -25,19 +24,11 @@ pub use kube_mtls_webhook::resolve::{Defaults, Resolved};
 pub use kube_mtls_webhook::resolve::resolve;
 
 pub use kube_mtls_contract::names::{MODE, POLICY};
-use kube_mtls_contract::sidecar::{MtlsMode, Policy};
-/// What a pod that sets no mode gets from a webhook with default flags.
-pub const MODE_DEFAULT: &str = MtlsMode::Strict.as_str();
-/// What a pod that sets no policy gets from a webhook with default flags.
-pub const POLICY_DEFAULT: &str = Policy::Enforce.as_str();
+use kube_mtls_webhook::cli::{Cli, Command, FlagError};
+pub use kube_mtls_webhook::cli::{InjectionFlags, NATIVE_SIDECAR_MINOR, has_native_sidecars};
 
 /// The label the chart puts on everything it installs.
 pub const CHART_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kube-mtls");
-
-/// The first Kubernetes minor version with native sidecars (init containers
-/// with `restartPolicy: Always`), which the webhook's `--native-sidecar=auto`
-/// chooses from.
-pub const NATIVE_SIDECAR_MINOR: u32 = 29;
 
 /// Pod Security Admission's namespace labels (enforce, warn, audit).
 pub const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
@@ -48,142 +39,75 @@ pub const PSA_AUDIT: &str = "pod-security.kubernetes.io/audit";
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookFlags {
-    /// The sidecar image injected now; pods with another one need a restart.
-    pub sidecar_image: String,
-    pub trust_domain: String,
-    /// `ClusterIssuer/<name>` or `Issuer/<name>`.
-    pub issuer: String,
-    pub cert_duration: String,
-    pub cert_renew_before: String,
-    /// `auto`, `true` or `false`.
-    pub native_sidecar: String,
+    /// The sidecar image, identities, issuer, native sidecar, mode and policy.
+    #[serde(flatten)]
+    pub injection: InjectionFlags,
     /// Where the serving certificate is mounted.
     pub tls_dir: String,
-    /// `strict` or `permissive`, for pods that set no mode.
-    pub default_mode: String,
-    /// `enforce` or `audit`, for pods that set no policy.
-    pub default_policy: String,
 }
 
-/// (flag, environment variable, default) of `kube-mtls-webhook serve`.
-const FLAGS: [(&str, &str, &str); 9] = [
-    (
-        "sidecar-image",
-        "KUBE_MTLS_SIDECAR_IMAGE",
-        concat!(
-            "ghcr.io/kube-mtls/kube-mtls-sidecar:",
-            env!("CARGO_PKG_VERSION")
-        ),
-    ),
-    ("trust-domain", "KUBE_MTLS_TRUST_DOMAIN", "cluster.local"),
-    ("issuer", "KUBE_MTLS_ISSUER", "ClusterIssuer/kube-mtls-ca"),
-    ("cert-duration", "KUBE_MTLS_CERT_DURATION", "24h"),
-    ("cert-renew-before", "KUBE_MTLS_CERT_RENEW_BEFORE", "8h"),
-    ("native-sidecar", "KUBE_MTLS_NATIVE_SIDECAR", "auto"),
-    (
-        "tls-dir",
-        "KUBE_MTLS_WEBHOOK_TLS_DIR",
-        "/var/run/kube-mtls/webhook-tls",
-    ),
-    ("default-mode", "KUBE_MTLS_DEFAULT_MODE", MODE_DEFAULT),
-    ("default-policy", "KUBE_MTLS_DEFAULT_POLICY", POLICY_DEFAULT),
-];
+/// Why a webhook container's flags cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagsError {
+    /// What the webhook says of its args: it does not start with them.
+    #[error("{}", first_line(.0))]
+    Parse(#[from] clap::Error),
+    #[error("the container runs `kube-mtls-webhook {0}`, not `serve`")]
+    NotServe(&'static str),
+}
+
+/// clap's message without its prefix, usage and help hint.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
 
 impl WebhookFlags {
     /// The webhook's defaults, for a cluster where it is not installed yet.
     pub fn defaults() -> Self {
-        Self::from_lookup(|_, _| None)
+        Self::from_command_line(&["serve".into()], |_| None).expect("`serve` without flags parses")
     }
 
-    /// The flags of the webhook's container: its args (`--flag=v` or
-    /// `--flag v`), else its env, else the webhook's default.
-    pub fn from_container(c: &Container) -> Self {
-        let args = c.args.clone().unwrap_or_default();
-        let env = c.env.clone().unwrap_or_default();
-        Self::from_lookup(|flag, var| {
-            let long = format!("--{flag}");
-            let from_args = args.iter().enumerate().find_map(|(i, a)| {
-                if let Some(v) = a.strip_prefix(&format!("{long}=")) {
-                    Some(v.to_owned())
-                } else if *a == long {
-                    args.get(i + 1).cloned()
-                } else {
-                    None
-                }
-            });
-            from_args.or_else(|| {
-                env.iter()
-                    .find(|e| e.name == var)
-                    .and_then(|e| e.value.clone())
-            })
+    /// The flags of the webhook's container, read as `kube-mtls-webhook` reads
+    /// them: its args (the image runs `serve` without any), else its env, else
+    /// the webhook's default.
+    pub fn from_container(c: &Container) -> Result<Self, FlagsError> {
+        let serve = ["serve".to_owned()];
+        let args = c.args.as_deref().unwrap_or(&serve);
+        let env = c.env.as_deref().unwrap_or_default();
+        Self::from_command_line(args, |var| {
+            env.iter()
+                .find(|e| e.name == var)
+                .and_then(|e| e.value.clone())
         })
     }
 
-    fn from_lookup(get: impl Fn(&str, &str) -> Option<String>) -> Self {
-        let [
-            image,
-            td,
-            issuer,
-            duration,
-            renew,
-            native,
-            tls,
-            mode,
-            policy,
-        ] = FLAGS.map(|(flag, var, default)| get(flag, var).unwrap_or_else(|| default.to_owned()));
-        WebhookFlags {
-            sidecar_image: image,
-            trust_domain: td,
-            issuer,
-            cert_duration: duration,
-            cert_renew_before: renew,
-            native_sidecar: native,
-            tls_dir: tls,
-            default_mode: mode,
-            default_policy: policy,
-        }
-    }
-
-    /// The issuer as a reference; `None` when the flag is malformed (the
-    /// webhook itself refuses to start then).
-    pub fn issuer_ref(&self) -> Option<IssuerRef> {
-        match self.issuer.split_once('/') {
-            Some((kind @ ("ClusterIssuer" | "Issuer"), name)) if !name.is_empty() => {
-                Some(IssuerRef {
-                    kind: kind.to_owned(),
-                    name: name.to_owned(),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// The webhook's resolution defaults, as its `serve` builds them.
-    pub fn resolution_defaults(&self) -> Defaults {
-        Defaults {
-            sidecar_image: self.sidecar_image.clone(),
-            trust_domain: self.trust_domain.clone(),
-            issuer: self.issuer_ref().unwrap_or(IssuerRef {
-                kind: "ClusterIssuer".into(),
-                name: self.issuer.clone(),
+    fn from_command_line(
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, FlagsError> {
+        let argv = std::iter::once("kube-mtls-webhook").chain(args.iter().map(String::as_str));
+        match Cli::try_parse_with_env(argv, env)?.command {
+            Command::Serve(s) => Ok(WebhookFlags {
+                injection: s.injection,
+                tls_dir: s.tls_dir.display().to_string(),
             }),
-            cert_duration: self.cert_duration.clone(),
-            cert_renew_before: self.cert_renew_before.clone(),
-            native_sidecar: self.native_sidecar != "false",
-            mode: clap::ValueEnum::from_str(&self.default_mode, false).unwrap_or_default(),
-            policy: clap::ValueEnum::from_str(&self.default_policy, false).unwrap_or_default(),
+            Command::Inject(_) => Err(FlagsError::NotServe("inject")),
+            Command::Crd => Err(FlagsError::NotServe("crd")),
         }
     }
-}
 
-/// The minor version from the API server's `/version` (`"29+"` on some clouds).
-pub fn minor_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<u32> {
-    let digits: String = info
-        .minor
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    /// The issuer as a reference (the webhook refuses to start without one).
+    pub fn issuer_ref(&self) -> Result<IssuerRef, String> {
+        self.injection.issuer.parse()
+    }
+
+    /// The webhook's resolution defaults, as it builds them (`auto`: native).
+    pub fn resolution_defaults(&self) -> Result<Defaults, FlagError> {
+        let native = self.injection.native_sidecar.explicit().unwrap_or(true);
+        self.injection.resolution_defaults(native)
+    }
 }
 
 #[cfg(test)]
@@ -191,30 +115,108 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::EnvVar;
 
+    fn container(args: &[&str], env: &[(&str, &str)]) -> Container {
+        Container {
+            args: Some(args.iter().map(|a| (*a).to_owned()).collect()),
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| EnvVar {
+                        name: (*k).into(),
+                        value: Some((*v).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn flags_come_from_args_then_env_then_the_webhooks_defaults() {
+        let c = container(
+            &[
+                "serve",
+                "--sidecar-image=reg/sidecar:2",
+                "--trust-domain",
+                "example.org",
+                "--log-format=json",
+            ],
+            &[
+                ("KUBE_MTLS_ISSUER", "Issuer/mine"),
+                ("KUBE_MTLS_TRUST_DOMAIN", "from-env.org"),
+                ("KUBE_MTLS_DEFAULT_POLICY", "audit"),
+            ],
+        );
+        let f = WebhookFlags::from_container(&c).expect("the flags parse");
+        assert_eq!(f.injection.sidecar_image, "reg/sidecar:2");
+        assert_eq!(f.injection.trust_domain, "example.org");
+        assert_eq!(f.injection.issuer, "Issuer/mine");
+        assert_eq!(f.injection.default_policy.as_str(), "audit");
+        assert_eq!(
+            f.injection.cert_duration,
+            InjectionFlags::unset().cert_duration
+        );
+        assert_eq!(f.issuer_ref().map(|i| i.kind), Ok("Issuer".into()));
+        let d = WebhookFlags::defaults();
+        assert_eq!(d.injection, InjectionFlags::unset());
+        assert_eq!(d.injection.issuer, "ClusterIssuer/kube-mtls-ca");
+        assert!(
+            d.injection
+                .sidecar_image
+                .ends_with(env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn a_container_without_args_runs_the_images_serve() {
         let c = Container {
-            args: Some(vec![
-                "serve".into(),
-                "--sidecar-image=reg/sidecar:2".into(),
-                "--trust-domain".into(),
-                "example.org".into(),
-            ]),
             env: Some(vec![EnvVar {
-                name: "KUBE_MTLS_ISSUER".into(),
-                value: Some("Issuer/mine".into()),
+                name: "KUBE_MTLS_WEBHOOK_TLS_DIR".into(),
+                value: Some("/tls".into()),
                 ..Default::default()
             }]),
             ..Default::default()
         };
-        let f = WebhookFlags::from_container(&c);
-        assert_eq!(f.sidecar_image, "reg/sidecar:2");
-        assert_eq!(f.trust_domain, "example.org");
-        assert_eq!(f.issuer, "Issuer/mine");
-        assert_eq!(f.cert_duration, "24h");
-        assert_eq!(f.issuer_ref().map(|i| i.kind), Some("Issuer".into()));
-        let d = WebhookFlags::defaults();
-        assert_eq!(d.issuer, "ClusterIssuer/kube-mtls-ca");
-        assert!(d.sidecar_image.ends_with(env!("CARGO_PKG_VERSION")));
+        let f = WebhookFlags::from_container(&c).expect("the flags parse");
+        assert_eq!(f.tls_dir, "/tls");
+        assert_eq!(f.injection, InjectionFlags::unset());
+    }
+
+    #[test]
+    fn args_the_webhook_refuses_are_an_error_that_names_them() {
+        let unknown = container(&["serve", "--trust-domian=x"], &[]);
+        let e = WebhookFlags::from_container(&unknown).expect_err("an unknown flag");
+        assert!(e.to_string().contains("--trust-domian"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        let bad = container(&["serve"], &[("KUBE_MTLS_DEFAULT_MODE", "loose")]);
+        let e = WebhookFlags::from_container(&bad).expect_err("a mode that is none");
+        assert!(e.to_string().contains("loose"), "{e}");
+        let inject = container(&["inject", "-f", "x.yaml"], &[]);
+        let e = WebhookFlags::from_container(&inject).expect_err("not serve");
+        assert!(matches!(e, FlagsError::NotServe("inject")), "{e}");
+    }
+
+    #[test]
+    fn resolution_takes_the_flags_and_refuses_a_malformed_issuer() {
+        let c = container(
+            &[
+                "serve",
+                "--native-sidecar=false",
+                "--default-mode=permissive",
+            ],
+            &[],
+        );
+        let d = WebhookFlags::from_container(&c)
+            .expect("the flags parse")
+            .resolution_defaults()
+            .expect("a valid issuer");
+        assert!(!d.native_sidecar);
+        assert_eq!(d.mode.as_str(), "permissive");
+        assert_eq!(d.issuer.to_string(), InjectionFlags::unset().issuer);
+        let c = container(&["serve", "--issuer=kube-mtls-ca"], &[]);
+        let f = WebhookFlags::from_container(&c).expect("the flags parse");
+        assert!(f.issuer_ref().is_err());
+        let e = f.resolution_defaults().expect_err("no kind");
+        assert!(e.to_string().contains("--issuer"), "{e}");
     }
 }

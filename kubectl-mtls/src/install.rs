@@ -22,8 +22,12 @@ pub struct Install {
     pub service: Option<(String, String)>,
     /// The webhook Deployment; `None` when no Deployment matches the Service.
     pub deployment: Option<Deployment>,
-    /// What the webhook injects now (its defaults when no Deployment was found).
+    /// What the webhook injects now (its defaults when no Deployment was
+    /// found, or when its flags cannot be read).
     pub flags: WebhookFlags,
+    /// Why the webhook container's flags cannot be read: the webhook does
+    /// not start with them (or is newer than this plugin).
+    pub flags_error: Option<String>,
 }
 
 impl Install {
@@ -74,16 +78,21 @@ pub async fn discover(client: &Client) -> Result<Option<Install>, kube::Error> {
         Some((ns, name)) => find_deployment(client, ns, name).await?,
         None => None,
     };
-    let flags = deployment
+    let read = deployment
         .as_ref()
         .and_then(webhook_container)
-        .map(WebhookFlags::from_container)
-        .unwrap_or_else(WebhookFlags::defaults);
+        .map(WebhookFlags::from_container);
+    let (flags, flags_error) = match read {
+        Some(Ok(flags)) => (flags, None),
+        Some(Err(e)) => (WebhookFlags::defaults(), Some(e.to_string())),
+        None => (WebhookFlags::defaults(), None),
+    };
     Ok(Some(Install {
         hooks,
         service,
         deployment,
         flags,
+        flags_error,
     }))
 }
 

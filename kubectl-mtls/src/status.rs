@@ -104,7 +104,7 @@ fn outdated(inv: &Inventory) -> String {
     }
     format!(
         "\nPods running an older sidecar than the webhook injects ({}); restart them:\n{out}",
-        inv.webhook.sidecar_image
+        inv.webhook.injection.sidecar_image
     )
 }
 

@@ -175,7 +175,8 @@ fn resolved(
     view: &ClusterView,
     flags: &WebhookFlags,
 ) -> Result<Resolved, String> {
-    resolve(&as_submitted(p), ns, view, &flags.resolution_defaults())
+    let defaults = flags.resolution_defaults().map_err(|e| e.to_string())?;
+    resolve(&as_submitted(p), ns, view, &defaults)
         .map(|(r, _)| r)
         .map_err(|e| e.to_string())
 }
@@ -201,7 +202,7 @@ fn workload(
             let image = sidecar(p).and_then(|c| c.image.clone()).unwrap_or_default();
             PodInfo {
                 name: p.name_any(),
-                outdated: image != flags.sidecar_image,
+                outdated: image != flags.injection.sidecar_image,
                 sidecar_image: image,
             }
         })
@@ -216,10 +217,10 @@ fn workload(
         kind,
         name,
         identity: String::new(),
-        trust_domain: flags.trust_domain.clone(),
+        trust_domain: flags.injection.trust_domain.clone(),
         service_account: sa,
-        mode: pick(MODE, &flags.default_mode),
-        policy: pick(POLICY, &flags.default_policy),
+        mode: pick(MODE, flags.injection.default_mode.as_str()),
+        policy: pick(POLICY, flags.injection.default_policy.as_str()),
         allowed_clients: Vec::new(),
         dns_names: Vec::new(),
         profile: None,

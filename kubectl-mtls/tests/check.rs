@@ -221,6 +221,34 @@ async fn a_webhook_that_does_not_inject_fails_the_admission_check() {
 }
 
 #[tokio::test]
+async fn webhook_args_the_webhook_refuses_fail_with_its_own_message() {
+    let (f, _ca) = healthy();
+    assert!(
+        run(f.clone())
+            .await
+            .iter()
+            .all(|l| l.check != "webhook flags")
+    );
+    let mut f = f;
+    f.edit(DEPLOY, |d| {
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array_mut()
+            .unwrap();
+        for a in args.iter_mut() {
+            if a.as_str().is_some_and(|s| s.starts_with("--default-mode=")) {
+                *a = json!("--default-mode=lenient");
+            }
+        }
+    });
+    assert_line(
+        &run(f).await,
+        "webhook flags",
+        Level::Fail,
+        "'lenient' for '--default-mode",
+    );
+}
+
+#[tokio::test]
 async fn a_missing_webhook_deployment_fails() {
     let (mut f, _ca) = healthy();
     f.remove(DEPLOY);

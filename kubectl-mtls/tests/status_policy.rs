@@ -106,7 +106,7 @@ fn find<'a>(inv: &'a Inventory, key: &str) -> &'a Workload {
 async fn status_shows_identity_mode_policy_clients_expiry_and_outdated_sidecars() {
     let inv = inventory(Scope::All).await;
     assert_eq!(inv.workloads.len(), 3, "{inv:#?}");
-    assert_eq!(inv.webhook.sidecar_image, SIDECAR_IMAGE);
+    assert_eq!(inv.webhook.injection.sidecar_image, SIDECAR_IMAGE);
 
     let orders = find(&inv, "shop/orders");
     assert_eq!((orders.kind.as_str(), orders.pods.len()), ("Deployment", 2));

@@ -265,10 +265,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn defaults(native: bool) -> Defaults {
-        Defaults::for_tests(native)
-    }
+    use crate::fixtures::defaults;
 
     fn pod(annotations: Value, spec: Value) -> Value {
         let mut annotations = annotations;

@@ -1,16 +1,46 @@
 //! The flags of `kube-mtls-webhook`, each also read from a `KUBE_MTLS_*`
 //! environment variable. They live in the library so that the generated
-//! contract page (docs/contract.md) lists exactly what the binary takes.
+//! contract page (docs/contract.md) lists exactly what the binary takes, and
+//! so that `kubectl-mtls` reads a webhook Deployment's flags with this parser.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::Resettable;
+use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use k8s_openapi::apimachinery::pkg::version::Info;
 use kube_mtls_contract::LogFormat;
 use kube_mtls_contract::names::DEFAULT_TRUST_DOMAIN;
 use kube_mtls_contract::sidecar::{MtlsMode, Policy};
 
+use crate::resolve::Defaults;
+
+/// The first Kubernetes minor version with native sidecars (init containers
+/// with `restartPolicy: Always`), which `--native-sidecar=auto` chooses from.
+pub const NATIVE_SIDECAR_MINOR: u32 = 29;
+
+/// Whether the API server of this `/version` has native sidecars: what
+/// `serve --native-sidecar=auto` chooses. The minor version may carry a
+/// suffix (`"29+"` on some clouds).
+pub fn has_native_sidecars(info: &Info) -> bool {
+    let digits: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    info.major == "1" && digits.parse().is_ok_and(|m: u32| m >= NATIVE_SIDECAR_MINOR)
+}
+
+/// Flags that parse but cannot make the settings pods are resolved with.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("--issuer (KUBE_MTLS_ISSUER): {0}")]
+    Issuer(String),
+}
+
 /// Whether the sidecar is injected as a native sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NativeSidecar {
     /// `serve`: from the API server version (>= 1.29: native); `inject`: native.
     #[default]
@@ -70,8 +100,47 @@ pub enum Command {
     Crd,
 }
 
+impl Cli {
+    /// Reads a command line as the binary does, with `env` in place of the
+    /// process's environment: for the flags of another process (a webhook
+    /// Deployment's container), which this process's variables must not change.
+    pub fn try_parse_with_env<I, T>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = with_env(Cli::command(), &env).try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
+}
+
+/// `cmd` and its subcommands with each flag's variable looked up in `env`
+/// (its value becomes the flag's default, so the command line still wins),
+/// never in the process's environment.
+fn with_env(cmd: clap::Command, env: &impl Fn(&str) -> Option<String>) -> clap::Command {
+    let from_env = |a: Arg| {
+        let value = a.get_env().and_then(|v| v.to_str()).and_then(env);
+        let a = a.env(Resettable::Reset);
+        match value {
+            Some(v) => a.default_value(v),
+            None => a,
+        }
+    };
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(cmd.mut_args(from_env), |cmd, name| {
+        cmd.mut_subcommand(name, |s| with_env(s, env))
+    })
+}
+
 /// Settings that shape the injected pod.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct InjectionFlags {
     /// The image of the init container and the sidecar (it holds both binaries).
     #[arg(long, env = "KUBE_MTLS_SIDECAR_IMAGE", default_value = concat!("ghcr.io/kube-mtls/kube-mtls-sidecar:", env!("CARGO_PKG_VERSION")))]
@@ -106,6 +175,43 @@ pub struct InjectionFlags {
     /// audit (let them through, count them as would_deny).
     #[arg(long, env = "KUBE_MTLS_DEFAULT_POLICY", value_enum, default_value_t)]
     pub default_policy: Policy,
+}
+
+impl InjectionFlags {
+    /// The flags of a webhook given none (the process's environment is not read).
+    pub fn unset() -> InjectionFlags {
+        let cmd = with_env(
+            InjectionFlags::augment_args(clap::Command::new("unset")),
+            &|_| None,
+        );
+        cmd.try_get_matches_from(["unset"])
+            .and_then(|m: ArgMatches| InjectionFlags::from_arg_matches(&m))
+            .expect("every injection flag has a default")
+    }
+
+    /// The settings pods are resolved with, once `--native-sidecar` is
+    /// decided (`auto`: `serve` asks the API server, `inject` takes native).
+    pub fn resolution_defaults(&self, native_sidecar: bool) -> Result<Defaults, FlagError> {
+        Ok(Defaults {
+            sidecar_image: self.sidecar_image.clone(),
+            trust_domain: self.trust_domain.clone(),
+            issuer: self.issuer.parse().map_err(FlagError::Issuer)?,
+            cert_duration: self.cert_duration.clone(),
+            cert_renew_before: self.cert_renew_before.clone(),
+            native_sidecar,
+            mode: self.default_mode,
+            policy: self.default_policy,
+        })
+    }
+}
+
+/// What a webhook given no flags resolves pods with, `native_sidecar`
+/// decided: the settings of the tests and fuzz targets, and of a cluster
+/// where the webhook is not installed yet.
+pub fn unset_defaults(native_sidecar: bool) -> Defaults {
+    InjectionFlags::unset()
+        .resolution_defaults(native_sidecar)
+        .expect("the default --issuer is a valid reference")
 }
 
 /// Flags of `serve`.
@@ -151,4 +257,91 @@ pub struct InjectArgs {
     /// depend on it.
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> (Cli, ServeArgs) {
+        let argv = std::iter::once("kube-mtls-webhook").chain(args.iter().copied());
+        let lookup = |var: &str| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let mut cli = Cli::try_parse_with_env(argv, lookup).expect("the command line parses");
+        match std::mem::replace(&mut cli.command, Command::Crd) {
+            Command::Serve(s) => (cli, s),
+            _ => panic!("not serve"),
+        }
+    }
+
+    #[test]
+    fn a_command_line_wins_over_the_given_env_which_wins_over_defaults() {
+        let env = [
+            ("KUBE_MTLS_TRUST_DOMAIN", "env.org"),
+            ("KUBE_MTLS_CERT_DURATION", "48h"),
+            ("KUBE_MTLS_STANDALONE", "true"),
+            ("KUBE_MTLS_LOG_FORMAT", "json"),
+            ("KUBE_MTLS_NATIVE_SIDECAR", "false"),
+        ];
+        let (cli, s) = serve(
+            &["serve", "--trust-domain=args.org", "--port", "9443"],
+            &env,
+        );
+        assert_eq!(s.injection.trust_domain, "args.org");
+        assert_eq!(s.injection.cert_duration, "48h");
+        assert_eq!(s.injection.native_sidecar, NativeSidecar::False);
+        assert_eq!(s.port, 9443);
+        assert!(s.standalone);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let (_, none) = serve(&["serve"], &[]);
+        assert_eq!(none.injection, InjectionFlags::unset());
+        assert!(!none.standalone);
+    }
+
+    #[test]
+    fn the_given_env_is_checked_as_the_flag_would_be() {
+        let argv = ["kube-mtls-webhook", "serve"];
+        let bad = |var: &str| (var == "KUBE_MTLS_DEFAULT_POLICY").then(|| "lenient".to_owned());
+        let e = Cli::try_parse_with_env(argv, bad)
+            .err()
+            .expect("no such policy");
+        assert!(e.to_string().contains("lenient"), "{e}");
+    }
+
+    #[test]
+    fn the_unset_flags_make_the_documented_defaults() {
+        let d = unset_defaults(false);
+        assert_eq!(d.trust_domain, DEFAULT_TRUST_DOMAIN);
+        assert_eq!(d.issuer.to_string(), InjectionFlags::unset().issuer);
+        assert_eq!((d.mode, d.policy), (MtlsMode::Strict, Policy::Enforce));
+        assert!(!d.native_sidecar && unset_defaults(true).native_sidecar);
+        let bad = InjectionFlags {
+            issuer: "Secret/ca".into(),
+            ..InjectionFlags::unset()
+        };
+        let e = bad
+            .resolution_defaults(true)
+            .expect_err("not an issuer kind");
+        assert!(
+            e.to_string().starts_with("--issuer (KUBE_MTLS_ISSUER)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn native_sidecars_come_with_kubernetes_1_29() {
+        let info = |major: &str, minor: &str| Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert!(has_native_sidecars(&info("1", "29")));
+        assert!(has_native_sidecars(&info("1", "33+")));
+        assert!(!has_native_sidecars(&info("1", "28+")));
+        assert!(!has_native_sidecars(&info("1", "")));
+        assert!(!has_native_sidecars(&info("2", "30")));
+    }
 }

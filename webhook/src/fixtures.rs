@@ -139,7 +139,7 @@ pub fn view(profiles: Vec<MtlsProfile>, namespaces: Vec<Namespace>) -> ClusterVi
     }
 }
 
-/// The webhook's flags as the tests use them.
+/// The settings of a webhook given no flags.
 pub fn defaults(native_sidecar: bool) -> Defaults {
-    Defaults::for_tests(native_sidecar)
+    crate::cli::unset_defaults(native_sidecar)
 }

@@ -13,29 +13,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_mtls_webhook::admission::Admission;
-use kube_mtls_webhook::cli::{Cli, Command, InjectionFlags, ServeArgs};
+use kube_mtls_webhook::cli::{Cli, Command, ServeArgs, has_native_sidecars};
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::metrics::Metrics;
-use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, crd_yaml};
-use kube_mtls_webhook::resolve::Defaults;
+use kube_mtls_webhook::profile::{MtlsProfile, crd_yaml};
 use kube_mtls_webhook::{controller, events, offline, server};
-
-fn defaults(f: &InjectionFlags, native: bool) -> anyhow::Result<Defaults> {
-    let issuer: IssuerRef = f
-        .issuer
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--issuer (KUBE_MTLS_ISSUER): {e}"))?;
-    Ok(Defaults {
-        sidecar_image: f.sidecar_image.clone(),
-        trust_domain: f.trust_domain.clone(),
-        issuer,
-        cert_duration: f.cert_duration.clone(),
-        cert_renew_before: f.cert_renew_before.clone(),
-        native_sidecar: native,
-        mode: f.default_mode,
-        policy: f.default_policy,
-    })
-}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -47,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Inject(args) => {
             let native = args.injection.native_sidecar.explicit().unwrap_or(true);
-            let defaults = defaults(&args.injection, native)?;
+            let defaults = args.injection.resolution_defaults(native)?;
             let mut input = String::new();
             if args.file == "-" {
                 std::io::stdin()
@@ -77,16 +59,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Minor version from the API server's `/version` (e.g. "29+" on some clouds).
-fn minor(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<u32> {
-    let digits: String = info
-        .minor
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cert = server::ReloadingCert::open(&args.tls_dir)?;
     let tls = server::tls_config(cert.clone())?;
@@ -111,7 +83,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .apiserver_version()
                     .await
                     .context("cannot read the API server version")?;
-                let native = minor(&info).is_some_and(|m| info.major == "1" && m >= 29);
+                let native = has_native_sidecars(&info);
                 tracing::info!(version = %info.git_version, native, "sidecar mode chosen from the API server version");
                 native
             }
@@ -165,7 +137,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|c| events::Recorder::new(c, std::env::var("HOSTNAME").ok()));
     let accept_errors = metrics.accept_errors.clone();
     let admission = Arc::new(Admission {
-        defaults: defaults(&args.injection, native)?,
+        defaults: args.injection.resolution_defaults(native)?,
         own_namespace: args.namespace.clone(),
         view,
         client,

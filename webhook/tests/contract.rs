@@ -13,29 +13,13 @@ use kube_mtls_contract::names::{CERT_FILES, INIT_NAME, SIDECAR_NAME};
 use kube_mtls_contract::{init, parse_container, sidecar};
 use kube_mtls_webhook::admission::{Decision, decide};
 use kube_mtls_webhook::annotations::{DOCUMENTED, INJECT, PREFIX};
+use kube_mtls_webhook::cli::unset_defaults;
 use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::offline::{self, Options};
 use kube_mtls_webhook::patch;
-use kube_mtls_webhook::profile::{IssuerRef, MtlsProfile, MtlsProfileSpec};
-use kube_mtls_webhook::resolve::Defaults;
+use kube_mtls_webhook::profile::{MtlsProfile, MtlsProfileSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-fn defaults(native_sidecar: bool) -> Defaults {
-    Defaults {
-        sidecar_image: "ghcr.io/kube-mtls/kube-mtls-sidecar:test".into(),
-        trust_domain: "cluster.local".into(),
-        issuer: IssuerRef {
-            kind: "ClusterIssuer".into(),
-            name: "kube-mtls-ca".into(),
-        },
-        cert_duration: "24h".into(),
-        cert_renew_before: "8h".into(),
-        native_sidecar,
-        mode: Default::default(),
-        policy: Default::default(),
-    }
-}
 
 /// A container's `args` and `env` (literal values only, as the webhook writes them).
 fn command_line(c: &Value) -> (Vec<String>, Vec<(String, String)>) {
@@ -140,8 +124,9 @@ fn every_golden_case_writes_containers_their_binaries_accept() {
         }
         let input = std::fs::read_to_string(&path).expect("read");
         for native in [true, false] {
-            let (out, _) = offline::inject_yaml(&input, &defaults(native), &Options::default())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (out, _) =
+                offline::inject_yaml(&input, &unset_defaults(native), &Options::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut specs = Vec::new();
             for doc in serde_yaml::Deserializer::from_str(&out) {
                 pod_specs(&Value::deserialize(doc).expect("YAML"), &mut specs);
@@ -259,7 +244,7 @@ fn every_annotation_writes_containers_their_binaries_accept_with_the_settings_it
             for native in [true, false] {
                 let pod = app_pod(json!({INJECT: "enabled", format!("{PREFIX}{name}"): value}));
                 let Decision::Inject(b) =
-                    decide(&pod, "shop", "kube-mtls", &view, &defaults(native))
+                    decide(&pod, "shop", "kube-mtls", &view, &unset_defaults(native))
                 else {
                     panic!("{PREFIX}{name}: {value:?} was not injected");
                 };

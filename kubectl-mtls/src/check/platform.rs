@@ -10,7 +10,7 @@ use kube::{CustomResourceExt, Resource};
 use serde_json::Value;
 
 use super::{Cluster, Line, api_error};
-use crate::contract::{IssuerRef, MtlsProfile, NATIVE_SIDECAR_MINOR, minor_version};
+use crate::contract::{IssuerRef, MtlsProfile, NATIVE_SIDECAR_MINOR, has_native_sidecars};
 
 const CERT_MANAGER: &str = "cert-manager.io/v1";
 
@@ -27,12 +27,14 @@ pub async fn api_server(c: &Cluster) -> Line {
             );
         }
     };
-    let native =
-        info.major == "1" && minor_version(&info).is_some_and(|m| m >= NATIVE_SIDECAR_MINOR);
-    let flag = c.install.as_ref().map(|i| i.flags.native_sidecar.as_str());
+    let native = has_native_sidecars(&info);
+    let flag = c
+        .install
+        .as_ref()
+        .and_then(|i| i.flags.injection.native_sidecar.explicit());
     let v = &info.git_version;
     match (native, flag) {
-        (true, Some("false")) => Line::warn(
+        (true, Some(false)) => Line::warn(
             CHECK,
             format!(
                 "Kubernetes {v} has native sidecars, but the webhook runs with --native-sidecar=false: the sidecar is a regular container"
@@ -43,7 +45,7 @@ pub async fn api_server(c: &Cluster) -> Line {
             CHECK,
             format!("Kubernetes {v}: native sidecars (init container with restartPolicy Always)"),
         ),
-        (false, Some("true")) => Line::fail(
+        (false, Some(true)) => Line::fail(
             CHECK,
             format!(
                 "Kubernetes {v} has no native sidecars (1.{NATIVE_SIDECAR_MINOR}+), but the webhook runs with --native-sidecar=true: injected pods never start"
@@ -113,12 +115,12 @@ pub async fn issuers(c: &Cluster, has_cert_manager: bool) -> Vec<Line> {
         .as_ref()
         .map(|i| i.flags.clone())
         .unwrap_or_else(crate::contract::WebhookFlags::defaults);
-    let Some(webhook_issuer) = default.issuer_ref() else {
+    let Ok(webhook_issuer) = default.issuer_ref() else {
         return vec![Line::fail(
             "issuer",
             format!(
                 "the webhook's --issuer {:?} is not ClusterIssuer/<name> or Issuer/<name>",
-                default.issuer
+                default.injection.issuer
             ),
             "helm upgrade ... --set issuer.kind=ClusterIssuer --set issuer.name=<name>",
         )];

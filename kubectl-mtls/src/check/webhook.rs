@@ -40,7 +40,15 @@ pub async fn all(c: &Cluster, opts: &Options) -> Vec<Line> {
             "helm upgrade --install kube-mtls charts/kube-mtls -n <namespace> (the chart creates both)",
         )];
     };
-    let mut lines = vec![replicas(deployment), admission(c, install, opts).await];
+    let mut lines = vec![replicas(deployment)];
+    if let Some(e) = &install.flags_error {
+        lines.push(Line::fail(
+            "webhook flags",
+            format!("the webhook does not start with its Deployment's args: {e}"),
+            "fix the args (helm upgrade with the chart's values), or use the kubectl-mtls of the webhook's version",
+        ));
+    }
+    lines.push(admission(c, install, opts).await);
     lines.extend(ca_bundle(&c.client, install, deployment, opts).await);
     lines
 }

@@ -205,26 +205,6 @@ pub fn resolve(
 }
 
 #[cfg(test)]
-impl Defaults {
-    /// Settings for unit tests: a test image and issuer, the flags' lifetimes.
-    pub(crate) fn for_tests(native_sidecar: bool) -> Defaults {
-        Defaults {
-            sidecar_image: "sidecar:test".into(),
-            trust_domain: "cluster.local".into(),
-            issuer: IssuerRef {
-                kind: "ClusterIssuer".into(),
-                name: "ca".into(),
-            },
-            cert_duration: "24h".into(),
-            cert_renew_before: "8h".into(),
-            native_sidecar,
-            mode: MtlsMode::Strict,
-            policy: Policy::Enforce,
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::annotations::PREFIX;
@@ -235,7 +215,7 @@ mod tests {
     use serde_json::json;
 
     fn defaults() -> Defaults {
-        Defaults::for_tests(true)
+        crate::fixtures::defaults(true)
     }
 
     fn pod(annotations: Value) -> Value {
