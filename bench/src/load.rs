@@ -385,21 +385,22 @@ pub async fn http2(
     spec: &RequestSpec,
     connections: usize,
     streams: usize,
-    duration: Duration,
+    budget: Budget,
 ) -> Result<Report, ClientError> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
         senders.push(target.http2().await?);
     }
     let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = Vec::with_capacity(connections * streams);
     for sender in &senders {
         for _ in 0..streams {
             let (mut sender, spec) = (sender.clone(), spec.clone());
+            let (deadline, mut left) = budget.share(start, tasks.len(), connections * streams);
             tasks.push(tokio::spawn(async move {
                 let mut tally = Tally::new();
-                while Instant::now() < deadline {
+                while left > 0 && Instant::now() < deadline {
+                    left -= 1;
                     let t = Instant::now();
                     let result = async {
                         sender.ready().await.map_err(|e| e.to_string())?;
