@@ -45,10 +45,10 @@ if ! have go || ! go version | grep -Eq 'go1\.(2[6-9]|[3-9][0-9])'; then
 fi
 have cargo || { echo "install-deps: cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
-# A full `make test` writes about 25 GB (cargo's target/ for the workspace,
+# A full `make test` writes about 12 GB (cargo's target/ for the workspace,
 # the release images and the fuzz targets; Go's build cache): running out
 # half-way shows up as a linker error, so say it up front.
-need_gb=${KUBE_MTLS_NEED_DISK_GB:-25}
+need_gb=${KUBE_MTLS_NEED_DISK_GB:-15}
 free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
 if [ "$free_gb" -lt "$need_gb" ]; then
   echo "install-deps: ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'), the build and tests need about ${need_gb} GB: free some (cargo clean, go clean -cache) or set KUBE_MTLS_NEED_DISK_GB to go on anyway" >&2
