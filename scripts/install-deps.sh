@@ -51,7 +51,7 @@ have cargo || { echo "install-deps: cargo is missing: install Rust with rustup (
 need_gb=${KUBE_MTLS_NEED_DISK_GB:-15}
 free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
 if [ "$free_gb" -lt "$need_gb" ]; then
-  echo "install-deps: ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'), the build and tests need about ${need_gb} GB: free some (cargo clean, go clean -cache) or set KUBE_MTLS_NEED_DISK_GB to go on anyway" >&2
+  echo "install-deps: ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'), the build and tests need about ${need_gb} GB: free some (cargo clean, go clean -cache) or set KUBE_MTLS_NEED_DISK_GB=0 to go on anyway" >&2
   exit 1
 fi
 
