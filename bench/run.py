@@ -410,17 +410,18 @@ def callgrind_instructions(prefix):
 
 def instructions(args, kind):
     """User-space instructions the proxy executes per keep-alive request, per
-    new connection (handshake + one request) and per HTTP/2 request (4
-    connections x 32 streams), counted by valgrind's
+    new connection (handshake + one request), per HTTP/2 request (4
+    connections x 32 streams) and per L4 round trip, counted by valgrind's
     callgrind: the same on every machine and under any load, so it is what a
     change is judged on. Each figure is the difference between two runs that
     differ only in the number of requests, so start-up, the connections'
     set-up and shutdown cancel out. Kernel work (syscalls) is not counted."""
     results = {}
-    for key, scenario, few, many, extra in (
-            ("ka_instr", "keepalive", 200, 2200, ["--connections", "4"]),
-            ("hs_instr", "handshake", 20, 220, ["--connections", "4"]),
-            ("h2_instr", "h2", 512, 4608, ["--connections", "4", "--streams", "32"])):
+    for key, scenario, port, few, many, extra in (
+            ("ka_instr", "keepalive", PROXY, 200, 2200, ["--connections", "4"]),
+            ("hs_instr", "handshake", PROXY, 20, 220, ["--connections", "4"]),
+            ("h2_instr", "h2", PROXY, 512, 4608, ["--connections", "4", "--streams", "32"]),
+            ("tcp_instr", "tcp", PROXY_TCP, 200, 2200, ["--connections", "4"])):
         counts = []
         for n in (few, many):
             prefix = args.work / f"callgrind-{kind.name}-{scenario}-{n}"
@@ -428,7 +429,7 @@ def instructions(args, kind):
             c = kind(args.certs, args.work, wrapper)
             c.start()
             try:
-                loadgen(args, scenario, PROXY, True, [*extra, "--requests", str(n)])
+                loadgen(args, scenario, port, True, [*extra, "--requests", str(n)])
             finally:
                 c.stop(timeout=120)
             counts.append(callgrind_instructions(prefix))
@@ -538,6 +539,7 @@ ROWS = [
     ("h2_instr", "instructions per HTTP/2 request", "{:,.0f}", None),
     ("tcp_rps", "L4: 64-byte round trips/s (keep-alive)", "{:,.0f}", "≥ 1.3× HAProxy"),
     ("tcp_p99", "L4: round trip p99 (µs)", "{:,.0f}", None),
+    ("tcp_instr", "instructions per L4 round trip", "{:,.0f}", None),
     ("tcp_hs", "L4: new connections/s", "{:,.0f}", None),
     ("bulk_mbps", "L4: bulk transfer (MB/s)", "{:,.0f}", "≥ 1.3× HAProxy"),
     ("bulk_mb_per_cpu_s", "L4: bulk MB per proxy CPU-second", "{:,.0f}", None),

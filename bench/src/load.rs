@@ -231,7 +231,7 @@ pub enum Budget {
 impl Budget {
     /// Task `i` of `tasks`: until when it runs and how many requests it may
     /// send (its share of a request budget).
-    fn share(self, start: Instant, i: usize, tasks: usize) -> (Instant, u64) {
+    pub(crate) fn share(self, start: Instant, i: usize, tasks: usize) -> (Instant, u64) {
         match self {
             Budget::Time(d) => (start + d, u64::MAX),
             Budget::Requests(n) => {

@@ -90,7 +90,7 @@ struct RunArgs {
     /// Bytes of the tcp-bulk transfer.
     #[arg(long, default_value_t = 100_000_000)]
     bytes: u64,
-    /// keepalive, handshake and h2: stop after this many requests in all
+    /// keepalive, handshake, h2 and tcp: stop after this many requests in all
     /// (instead of --seconds), for counting instructions per request.
     #[arg(long)]
     requests: Option<u64>,
@@ -192,7 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<load::Report> {
         }
         Scenario::Handshake => load::handshakes(&target, &spec, args.connections, budget).await,
         Scenario::H2 => load::http2(&target, &spec, args.connections, args.streams, budget).await,
-        Scenario::Tcp => tcp::round_trips(&target, args.connections, duration).await,
+        Scenario::Tcp => tcp::round_trips(&target, args.connections, budget).await,
         Scenario::TcpHandshake => tcp::handshakes(&target, args.connections, duration).await,
         Scenario::TcpBulk => tcp::bulk(&target, args.bytes).await,
     }

@@ -41,21 +41,23 @@ async fn open_echo(target: &Target) -> Result<Box<dyn Stream>, ClientError> {
 pub async fn round_trips(
     target: &Target,
     connections: usize,
-    duration: Duration,
+    budget: Budget,
 ) -> Result<Report, ClientError> {
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
         streams.push(open_echo(target).await?);
     }
     let start = Instant::now();
-    let deadline = start + duration;
     let tasks = streams
         .into_iter()
-        .map(|mut s| {
+        .enumerate()
+        .map(|(i, mut s)| {
+            let (deadline, mut left) = budget.share(start, i, connections);
             tokio::spawn(async move {
                 let mut tally = Tally::new();
                 let mut buf = [0u8; MESSAGE];
-                while Instant::now() < deadline {
+                while left > 0 && Instant::now() < deadline {
+                    left -= 1;
                     let t = Instant::now();
                     match round_trip(&mut s, &mut buf).await {
                         Ok(()) => tally.ok(t),
