@@ -5,12 +5,13 @@
 //! - [`tls`]: the certificate set, rustls configs, hot reload.
 //! - [`original_dst`]: where a redirected connection was going.
 //! - [`shared`]: what every listener and connection shares (state, response
-//!   bodies, the pooled connections to the app).
+//!   bodies, the connections to the app).
 //! - [`proxy`]: the inbound path, HTTP and TCP.
 //! - [`permissive`]: permissive mode's plaintext detection and logging.
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
 //! - [`conn`]: serving HTTP on one connection, for both directions.
 //! - [`rewrite`]: the request rewrite both directions share.
+//! - [`upstream`]: one connection to the app per HTTP/1.1 client connection.
 //! - [`headers`]: XFCC and the headers a client may not forge.
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
 //! - [`limits`]: handshakes in progress, overall and per client address.
@@ -34,3 +35,4 @@ pub mod rewrite;
 pub mod server;
 pub mod shared;
 pub mod tls;
+pub mod upstream;

@@ -22,13 +22,16 @@
 //! port and, once known, the caller's identity.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
-use http::uri::Authority;
-use http::{Request, Response, StatusCode, Version};
+use futures::TryFutureExt;
+use futures::future::Either;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -52,6 +55,7 @@ use crate::permissive::{self, Opening};
 use crate::rewrite::{retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
+use crate::upstream::{CONNECT_TIMEOUT, Pinned, UpstreamError};
 use kube_mtls_listener::Listener;
 
 /// Where a listener's connections go.
@@ -389,6 +393,9 @@ pub struct ConnCtx {
     pub upstream: Authority,
     /// The app speaks HTTP/2 cleartext (`--h2-ports`).
     pub h2_upstream: bool,
+    /// The connection to the app this client connection's HTTP/1.1 requests
+    /// use (HTTP/2 requests and `--h2-ports` use the pooled clients).
+    pub pinned: Pinned,
     pub caller: Caller,
     /// The client's address, for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
@@ -410,6 +417,7 @@ impl ConnCtx {
             port,
             upstream: socket_authority(SocketAddr::from(([127, 0, 0, 1], port))),
             h2_upstream: mode == Mode::Http2,
+            pinned: Pinned::new(port, shared.upstream.idle_h1.clone()),
             caller,
             client_ip: HeaderValue::from_str(&client.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
@@ -454,13 +462,7 @@ async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<B
     shared.metrics.requests.inc();
     let in_flight = ctx.in_flight.enter();
     let body_state = ClientBodyState::default();
-    let req = upstream_request(req, &ctx, &body_state);
-    let client = if ctx.h2_upstream {
-        &shared.upstream.http2
-    } else {
-        &shared.upstream.http1
-    };
-    let sent = client.request(req);
+    let sent = send_upstream(req, &ctx, &body_state);
     let result = match shared.cfg.upstream_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(r) => r,
@@ -476,6 +478,54 @@ async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<B
         }
         Err(e) => Ok(upstream_failure(&e, &ctx, &body_state)),
     }
+}
+
+/// Passes a client's request on to the app: an HTTP/1.1 client's on its own
+/// connection to the app, an HTTP/2 client's (or any to `--h2-ports`) through
+/// the pooled clients. Not an `async fn`, and the own connection's future
+/// boxed: every request's future stays as small as the pooled client's, which
+/// HTTP/2 moves into a task of its own for each stream.
+fn send_upstream<'a>(
+    req: Request<Incoming>,
+    ctx: &'a ConnCtx,
+    body_state: &ClientBodyState,
+) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
+    let pinned = !ctx.h2_upstream && req.version() != Version::HTTP_2;
+    let mut req = upstream_request(req, ctx, body_state);
+    if pinned {
+        origin_form(&mut req, &ctx.upstream);
+        return Either::Left(Box::pin(ctx.pinned.send(req)));
+    }
+    let upstream = &ctx.shared.upstream;
+    let client = if ctx.h2_upstream {
+        &upstream.http2
+    } else {
+        &upstream.http1
+    };
+    Either::Right(client.request(req).map_err(UpstreamError::from))
+}
+
+/// What hyper-util's pooled client does to a request before writing it on
+/// an HTTP/1.1 connection: the request line in origin form (authority form for
+/// `CONNECT`), and a `Host` naming the app if the client sent none.
+fn origin_form(req: &mut Request<Body>, app: &Authority) {
+    if !req.headers().contains_key(header::HOST) {
+        let host = if app.port_u16() == Some(80) {
+            app.host()
+        } else {
+            app.as_str()
+        };
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let uri = if req.method() == Method::CONNECT {
+        Uri::from(app.clone())
+    } else {
+        let path = req.uri().path_and_query().cloned();
+        Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
+    };
+    *req.uri_mut() = uri;
 }
 
 /// Rewrites a client's request for the app on 127.0.0.1.
@@ -517,7 +567,7 @@ fn upstream_timeout(ctx: &ConnCtx, limit: Duration) -> Response<Body> {
 /// A request that could not be forwarded: the client's fault (its body broke,
 /// 400) or the app's (502).
 fn upstream_failure(
-    e: &hyper_util::client::legacy::Error,
+    e: &UpstreamError,
     ctx: &ConnCtx,
     body_state: &ClientBodyState,
 ) -> Response<Body> {
@@ -551,8 +601,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-    let mut app = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
-    {
+    let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.upstream_errors.inc();

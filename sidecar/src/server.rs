@@ -175,6 +175,7 @@ pub async fn run(
         )));
     }
     tokio::spawn(tls::watch(store.clone(), metrics.clone()));
+    tokio::spawn(crate::upstream::reap_idle(shared.clone()));
     admin.listeners_up.store(true, Ordering::Relaxed);
     tracing::info!(
         inbound_port = cfg.inbound_port,

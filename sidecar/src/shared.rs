@@ -1,13 +1,12 @@
 //! What the listeners and their connection tasks have in common: the state
 //! they share ([`Shared`]), the response body type every path answers with
-//! ([`Body`], [`text`]), and the pooled connections to the app ([`Upstream`]).
+//! ([`Body`], [`text`]), and the connections to the app ([`Upstream`]).
 //!
 //! The inbound, outbound and admin paths all use these; keeping them apart from
 //! any one path means none of them depends on another's internals.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -26,6 +25,7 @@ use crate::limits::HandshakeGate;
 use crate::metrics::Metrics;
 use crate::permissive::PlaintextLog;
 use crate::tls::TlsStore;
+use crate::upstream::{CONNECT_TIMEOUT, IDLE_TIMEOUT, IdleConns, MAX_IDLE_PER_PORT};
 
 /// The body of every request and response the sidecar passes on or makes.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -45,32 +45,39 @@ pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
     resp
 }
 
-/// Pooled keep-alive connections to the app on 127.0.0.1.
+/// Keep-alive connections to the app on 127.0.0.1.
 #[derive(Clone)]
 pub struct Upstream {
-    /// For app ports that speak HTTP/1.1.
+    /// For HTTP/2 client connections to app ports that speak HTTP/1.1.
     pub http1: Client<HttpConnector, Body>,
     /// For app ports in `--h2-ports` (HTTP/2 cleartext, e.g. gRPC).
     pub http2: Client<HttpConnector, Body>,
+    /// HTTP/1.1 connections left over by ended HTTP/1.1 client connections
+    /// (see [`crate::upstream`]).
+    pub idle_h1: Arc<IdleConns>,
 }
 
 impl Upstream {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http1 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_PORT)
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Upstream { http1, http2 }
+        Upstream {
+            http1,
+            http2,
+            idle_h1: Arc::default(),
+        }
     }
 }
 

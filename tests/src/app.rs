@@ -2,7 +2,9 @@
 //! of what it received, so tests can see exactly what the sidecar forwarded.
 //!
 //! `GET /slow?ms=N` waits N milliseconds first (for in-flight requests during
-//! shutdown); `/grpc.health.v1.Health/Check` answers SERVING in gRPC framing.
+//! shutdown); `/close` answers with `Connection: close` and then closes the
+//! connection; `/grpc.health.v1.Health/Check` answers SERVING in gRPC framing.
+//! Every echo says which of the app's connections the request came on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +26,10 @@ pub struct Echo {
     /// Header name (lower case) and value, in order, repeated names kept.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Which connection the app received the request on: 1 for the first it
+    /// accepted, 2 for the next, and so on.
+    #[serde(default)]
+    pub connection: u64,
 }
 
 impl Echo {
@@ -46,7 +52,10 @@ pub fn echo(body: &str) -> Echo {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo ({e}): {body}"))
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    connection: u64,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -87,6 +96,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         version,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        connection,
     };
     let json = serde_json::to_vec(&echo).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(json)));
@@ -94,6 +104,10 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         "content-type",
         http::HeaderValue::from_static("application/json"),
     );
+    if echo.path == "/close" {
+        resp.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 
@@ -112,13 +126,16 @@ fn grpc_serving() -> Response<Full<Bytes>> {
 
 /// Serves the echo app on `listener`: HTTP/1.1 and cleartext HTTP/2 (prior knowledge).
 pub async fn serve(listener: TcpListener) {
+    let mut accepted = 0;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        accepted += 1;
+        let service = hyper::service::service_fn(move |req| answer(req, accepted));
         tokio::spawn(async move {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -130,12 +147,15 @@ pub async fn serve(listener: TcpListener) {
 pub async fn serve_until(listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut count = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                count += 1;
+                let service = hyper::service::service_fn(move |req| answer(req, count));
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                    .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 tokio::spawn(graceful.watch(conn));
             }
