@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kube_mtls_tests::app::{self, echo};
-use kube_mtls_tests::deadline::PATIENCE;
+use kube_mtls_tests::deadline::{PATIENCE, within};
 use kube_mtls_tests::process::{Sidecar, free_port, wait_until};
 use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config};
@@ -114,4 +114,29 @@ async fn an_app_that_comes_up_is_reached_on_the_same_client_connection() {
     tokio::spawn(app::serve(app));
     let ids = app_connections(&mut conn, "/up", 3).await;
     assert_eq!(distinct(&ids), 1, "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_without_host_reaches_the_app_with_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start(&[]).await;
+    let mut tls = kube_mtls_tests::tls::connect(env.addr, env.client(&env.caller(CLIENT_ID)))
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    within(PATIENCE, "the answer to an HTTP/1.0 request", async {
+        tls.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+        // HTTP/1.0 without keep-alive: the sidecar closes after the answer.
+        let _ = tls.read_to_end(&mut raw).await;
+    })
+    .await;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    let seen = echo(body);
+    assert_eq!(seen.path, "/old");
+    let hosts: Vec<_> = seen.headers.iter().filter(|(n, _)| n == "host").collect();
+    let app = format!("127.0.0.1:{}", env.app.port());
+    assert_eq!(hosts.len(), 1, "{:?}", seen.headers);
+    assert_eq!(hosts[0].1, app, "{:?}", seen.headers);
 }

@@ -124,13 +124,23 @@ fn grpc_serving() -> Response<Full<Bytes>> {
     resp
 }
 
+/// The next connection on `listener`. A failed accept (out of descriptors,
+/// as in the descriptor-exhaustion tests) pauses the loop briefly instead of
+/// retrying at once, which would spin a core.
+async fn accept_next(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Serves the echo app on `listener`: HTTP/1.1 and cleartext HTTP/2 (prior knowledge).
 pub async fn serve(listener: TcpListener) {
     let mut accepted = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let stream = accept_next(&listener).await;
         accepted += 1;
         let service = hyper::service::service_fn(move |req| answer(req, accepted));
         tokio::spawn(async move {
@@ -150,8 +160,7 @@ pub async fn serve_until(listener: TcpListener, mut stop: tokio::sync::watch::Re
     let mut count = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            stream = accept_next(&listener) => {
                 count += 1;
                 let service = hyper::service::service_fn(move |req| answer(req, count));
                 let conn = builder
@@ -182,9 +191,7 @@ pub async fn start_tcp_echo() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
+            let mut s = accept_next(&listener).await;
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
