@@ -42,7 +42,7 @@ use crate::conn::serve_http;
 use crate::headers;
 use crate::io::{IdleTimeout, InFlight};
 use crate::metrics::Refusal;
-use crate::rewrite::{retarget, socket_authority};
+use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::TlsStore;
 use http::uri::Authority;
@@ -276,7 +276,7 @@ async fn forward(
     mut req: Request<Incoming>,
     ctx: Arc<OutboundCtx>,
 ) -> Result<Response<Body>, Infallible> {
-    retarget(&mut req, &ctx.authority, Version::HTTP_11);
+    retarget(&mut req, &ctx.authority, Version::HTTP_11, Form::Absolute);
     let in_flight = ctx.in_flight.enter();
     match ctx.client.request(req.map(|b| b.boxed())).await {
         Ok(resp) => {

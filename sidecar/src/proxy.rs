@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use futures::TryFutureExt;
 use futures::future::Either;
-use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::HeaderValue;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -52,7 +52,7 @@ use crate::io::{IdleTimeout, InFlight, Linger};
 use crate::limits::HandshakePermit;
 use crate::metrics::Refusal;
 use crate::permissive::{self, Opening};
-use crate::rewrite::{retarget, socket_authority};
+use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
 use crate::upstream::{CONNECT_TIMEOUT, Pinned, UpstreamError};
@@ -490,12 +490,11 @@ fn send_upstream<'a>(
     ctx: &'a ConnCtx,
     body_state: &ClientBodyState,
 ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
-    let pinned = !ctx.h2_upstream && req.version() != Version::HTTP_2;
-    let mut req = upstream_request(req, ctx, body_state);
-    if pinned {
-        origin_form(&mut req, &ctx.upstream);
+    if !ctx.h2_upstream && req.version() != Version::HTTP_2 {
+        let req = upstream_request(req, ctx, body_state, Form::Origin);
         return Either::Left(Box::pin(ctx.pinned.send(req)));
     }
+    let req = upstream_request(req, ctx, body_state, Form::Absolute);
     let upstream = &ctx.shared.upstream;
     let client = if ctx.h2_upstream {
         &upstream.http2
@@ -505,41 +504,19 @@ fn send_upstream<'a>(
     Either::Right(client.request(req).map_err(UpstreamError::from))
 }
 
-/// What hyper-util's pooled client does to a request before writing it on
-/// an HTTP/1.1 connection: the request line in origin form (authority form for
-/// `CONNECT`), and a `Host` naming the app if the client sent none.
-fn origin_form(req: &mut Request<Body>, app: &Authority) {
-    if !req.headers().contains_key(header::HOST) {
-        let host = if app.port_u16() == Some(80) {
-            app.host()
-        } else {
-            app.as_str()
-        };
-        if let Ok(v) = HeaderValue::from_str(host) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    let uri = if req.method() == Method::CONNECT {
-        Uri::from(app.clone())
-    } else {
-        let path = req.uri().path_and_query().cloned();
-        Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
-    };
-    *req.uri_mut() = uri;
-}
-
-/// Rewrites a client's request for the app on 127.0.0.1.
+/// Rewrites a client's request for the app on 127.0.0.1, its target in `form`.
 fn upstream_request(
     mut req: Request<Incoming>,
     ctx: &ConnCtx,
     body_state: &ClientBodyState,
+    form: Form,
 ) -> Request<Body> {
     let version = if ctx.h2_upstream {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    retarget(&mut req, &ctx.upstream, version);
+    retarget(&mut req, &ctx.upstream, version, form);
     match &ctx.caller {
         Caller::Mtls { xfcc, .. } => {
             headers::set_forwarding(req.headers_mut(), xfcc, &ctx.client_ip)

@@ -9,7 +9,7 @@
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 use crate::headers;
 
@@ -35,14 +35,35 @@ pub fn socket_authority(addr: std::net::SocketAddr) -> Authority {
     authority(addr).unwrap_or_else(|_| Authority::from_static("127.0.0.1"))
 }
 
-/// Re-aims `req` at `http://<authority><path and query>` over `version`.
-pub fn retarget<B>(req: &mut Request<B>, authority: &Authority, version: Version) {
+/// How the request line names its target on the connection it goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `http://<authority>/path`: for a client that picks the connection from
+    /// the URI (hyper-util's pool).
+    Absolute,
+    /// `/path` (the authority itself for `CONNECT`): written as is on an
+    /// HTTP/1.1 connection of the sidecar's own, so a request that names no
+    /// host gets the authority's as its `Host`.
+    Origin,
+}
+
+/// Re-aims `req` at `authority` over `version`, its target in `form`.
+pub fn retarget<B>(req: &mut Request<B>, authority: &Authority, version: Version, form: Form) {
     if !req.headers().contains_key(header::HOST)
         && let Some(original) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(original.as_str())
     {
         req.headers_mut().insert(header::HOST, v);
     }
+    match form {
+        Form::Absolute => absolute_form(req, authority),
+        Form::Origin => origin_form(req, authority),
+    }
+    *req.version_mut() = version;
+    headers::strip_hop_by_hop(req.headers_mut());
+}
+
+fn absolute_form<B>(req: &mut Request<B>, authority: &Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
@@ -51,8 +72,28 @@ pub fn retarget<B>(req: &mut Request<B>, authority: &Authority, version: Version
     }
     // Scheme, authority and path are all set, so the parts always form a URI.
     *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-    *req.version_mut() = version;
-    headers::strip_hop_by_hop(req.headers_mut());
+}
+
+/// What hyper-util's pooled client does before writing a request on an
+/// HTTP/1.1 connection, done here for the connections the sidecar holds itself.
+fn origin_form<B>(req: &mut Request<B>, authority: &Authority) {
+    if !req.headers().contains_key(header::HOST) {
+        let host = if authority.port_u16() == Some(80) {
+            authority.host()
+        } else {
+            authority.as_str()
+        };
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let uri = if req.method() == Method::CONNECT {
+        Uri::from(authority.clone())
+    } else {
+        let path = req.uri().path_and_query().cloned();
+        Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
+    };
+    *req.uri_mut() = uri;
 }
 
 #[cfg(test)]
@@ -73,6 +114,7 @@ mod tests {
             &mut req,
             &authority("127.0.0.1:8080").unwrap(),
             Version::HTTP_11,
+            Form::Absolute,
         );
         assert_eq!(req.uri(), "http://127.0.0.1:8080/a/b?x=1");
         assert_eq!(req.version(), Version::HTTP_11);
@@ -92,9 +134,31 @@ mod tests {
             &mut req,
             &authority("10.0.0.7:80").unwrap(),
             Version::HTTP_11,
+            Form::Absolute,
         );
         assert_eq!(req.headers()["host"], "front.web");
         assert_eq!(req.uri(), "http://10.0.0.7:80/x");
         assert!(authority("not a host").is_err());
+    }
+
+    #[test]
+    fn origin_form_keeps_the_path_and_names_a_host() {
+        let app = authority("127.0.0.1:8080").unwrap();
+        let mut bare = Request::builder()
+            .uri("/a?x=1")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        retarget(&mut bare, &app, Version::HTTP_11, Form::Origin);
+        assert_eq!(bare.uri(), "/a?x=1");
+        assert_eq!(bare.headers()["host"], "127.0.0.1:8080");
+
+        let mut named = Request::builder()
+            .uri("https://orders.shop/b")
+            .body(())
+            .unwrap();
+        retarget(&mut named, &app, Version::HTTP_11, Form::Origin);
+        assert_eq!(named.uri(), "/b");
+        assert_eq!(named.headers()["host"], "orders.shop");
     }
 }
