@@ -91,19 +91,25 @@ def cpu_ticks(pids):
     return total
 
 
-def memory_kb(pids):
-    """(VmRSS, RssAnon) summed over the processes, in kB."""
-    rss = anon = 0
+def proc_kb(pids, name, fields):
+    """The kB figures `fields` of /proc/<pid>/`name`, each summed over the
+    processes (one that has exited counts nothing)."""
+    totals = dict.fromkeys(fields, 0)
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            text = Path(f"/proc/{pid}/{name}").read_text()
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1])
-            elif line.startswith("RssAnon:"):
-                anon += int(line.split()[1])
+        for line in text.splitlines():
+            key = line.split(":", 1)[0]
+            if key in totals:
+                totals[key] += int(line.split()[1])
+    return [totals[f] for f in fields]
+
+
+def memory_kb(pids):
+    """(VmRSS, RssAnon) summed over the processes, in kB."""
+    rss, anon = proc_kb(pids, "status", ["VmRSS", "RssAnon"])
     return rss, anon
 
 
@@ -111,16 +117,7 @@ def pss_kb(pids):
     """Proportional set size summed over the processes, in kB: what a node
     pays per copy when many copies of the same binary run (shared pages are
     split between them)."""
-    total = 0
-    for pid in pids:
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in rollup.splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1])
-    return total
+    return proc_kb(pids, "smaps_rollup", ["Pss"])[0]
 
 
 class Contestant:
