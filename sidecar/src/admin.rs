@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GrpcProbe, HttpGetProbe, ProbeTarget};
+use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
+use crate::upstream::send_multiplexed;
 use kube_mtls_listener::Listener;
 
 /// Time allowed for one probe of the app; kubelet applies its own timeout on top.
@@ -152,20 +154,20 @@ async fn http_probe(h: &HttpGetProbe, shared: &Shared) -> Result<Response<Body>,
     let req = probe_request(h)?;
     let fut = async {
         if h.scheme.eq_ignore_ascii_case("HTTPS") {
-            https_request(h.port, req).await
+            https_request(h.port, req).await.map(|r| r.status())
         } else {
-            shared
-                .upstream
-                .http1
-                .request(req)
+            let mut req = req;
+            let app = socket_authority(local(h.port));
+            retarget(&mut req, &app, Version::HTTP_11, Form::Origin);
+            send_multiplexed(&shared.upstream.idle_h1, h.port, req)
                 .await
+                .map(|r| r.status())
                 .map_err(|e| e.to_string())
         }
     };
-    let resp = tokio::time::timeout(PROBE_TIMEOUT, fut)
+    let status = tokio::time::timeout(PROBE_TIMEOUT, fut)
         .await
         .map_err(|_| "timed out".to_owned())??;
-    let status = resp.status();
     Ok(text(status, &format!("app answered {status}\n")))
 }
 

@@ -55,7 +55,7 @@ use crate::permissive::{self, Opening};
 use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
 use crate::tls::cert_hash_hex;
-use crate::upstream::{CONNECT_TIMEOUT, Pinned, UpstreamError};
+use crate::upstream::{AppBody, CONNECT_TIMEOUT, Pinned, UpstreamError, send_multiplexed};
 use kube_mtls_listener::Listener;
 
 /// Where a listener's connections go.
@@ -481,27 +481,30 @@ async fn forward(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<B
 }
 
 /// Passes a client's request on to the app: an HTTP/1.1 client's on its own
-/// connection to the app, an HTTP/2 client's (or any to `--h2-ports`) through
-/// the pooled clients. Not an `async fn`, and the own connection's future
-/// boxed: every request's future stays as small as the pooled client's, which
-/// HTTP/2 moves into a task of its own for each stream.
+/// connection to the app, an HTTP/2 client's on one from the idle list for as
+/// long as its answer takes, any to `--h2-ports` through the pooled HTTP/2
+/// client. Not an `async fn`, and each path's future boxed: every request's
+/// future stays small, which HTTP/2 moves into a task of its own per stream.
 fn send_upstream<'a>(
     req: Request<Incoming>,
     ctx: &'a ConnCtx,
     body_state: &ClientBodyState,
-) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
-    if !ctx.h2_upstream && req.version() != Version::HTTP_2 {
-        let req = upstream_request(req, ctx, body_state, Form::Origin);
-        return Either::Left(Box::pin(ctx.pinned.send(req)));
+) -> impl Future<Output = Result<Response<AppBody>, UpstreamError>> + Send + 'a {
+    let held = |resp: Response<Incoming>| resp.map(AppBody::held);
+    if ctx.h2_upstream {
+        let req = upstream_request(req, ctx, body_state, Form::Absolute);
+        let sent = ctx.shared.upstream.http2.request(req);
+        return Either::Left(sent.map_ok(held).map_err(UpstreamError::from));
     }
-    let req = upstream_request(req, ctx, body_state, Form::Absolute);
-    let upstream = &ctx.shared.upstream;
-    let client = if ctx.h2_upstream {
-        &upstream.http2
-    } else {
-        &upstream.http1
-    };
-    Either::Right(client.request(req).map_err(UpstreamError::from))
+    let multiplexed = req.version() == Version::HTTP_2;
+    let req = upstream_request(req, ctx, body_state, Form::Origin);
+    if multiplexed {
+        let idle = &ctx.shared.upstream.idle_h1;
+        return Either::Right(Either::Left(Box::pin(send_multiplexed(
+            idle, ctx.port, req,
+        ))));
+    }
+    Either::Right(Either::Right(Box::pin(ctx.pinned.send(req).map_ok(held))))
 }
 
 /// Rewrites a client's request for the app on 127.0.0.1, its target in `form`.

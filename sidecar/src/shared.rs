@@ -25,7 +25,7 @@ use crate::limits::HandshakeGate;
 use crate::metrics::Metrics;
 use crate::permissive::PlaintextLog;
 use crate::tls::TlsStore;
-use crate::upstream::{CONNECT_TIMEOUT, IDLE_TIMEOUT, IdleConns, MAX_IDLE_PER_PORT};
+use crate::upstream::{CONNECT_TIMEOUT, IDLE_TIMEOUT, IdleConns};
 
 /// The body of every request and response the sidecar passes on or makes.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -48,12 +48,11 @@ pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
 /// Keep-alive connections to the app on 127.0.0.1.
 #[derive(Clone)]
 pub struct Upstream {
-    /// For HTTP/2 client connections to app ports that speak HTTP/1.1.
-    pub http1: Client<HttpConnector, Body>,
     /// For app ports in `--h2-ports` (HTTP/2 cleartext, e.g. gRPC).
     pub http2: Client<HttpConnector, Body>,
-    /// HTTP/1.1 connections left over by ended HTTP/1.1 client connections
-    /// (see [`crate::upstream`]).
+    /// Idle HTTP/1.1 connections to the app: left over by ended HTTP/1.1
+    /// client connections, and between the requests of HTTP/2 clients (see
+    /// [`crate::upstream`]).
     pub idle_h1: Arc<IdleConns>,
 }
 
@@ -62,19 +61,13 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_PORT)
-            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .http2_only(true)
             .build(connector);
         Upstream {
-            http1,
             http2,
             idle_h1: Arc::default(),
         }

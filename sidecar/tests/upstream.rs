@@ -1,7 +1,8 @@
 //! The sidecar's connections to the app, seen from the app: an HTTP/1.1
-//! client connection keeps one connection to the app, a connection the app
-//! closes is replaced without the client noticing, and a client connection
-//! outlives the app being down. Real binary, real sockets.
+//! client connection keeps one connection to the app, an HTTP/2 client's
+//! requests take turns on parked ones, a connection the app closes is
+//! replaced without the client noticing, and a client connection outlives the
+//! app being down. Real binary, real sockets.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,9 +13,11 @@ use kube_mtls_tests::deadline::{PATIENCE, within};
 use kube_mtls_tests::process::{Sidecar, free_port, wait_until};
 use kube_mtls_tests::sidecar_env::{CLIENT_ID, SidecarEnv as Env, sample, server_certs};
 use kube_mtls_tests::tls::{HttpConn, client_config};
+use rustls::ClientConfig;
 use tokio::net::TcpListener;
 
 const ACTIVE_INBOUND: &str = "kube_mtls_sidecar_active_connections{direction=\"inbound\"}";
+const UPSTREAM_ERRORS: &str = "kube_mtls_sidecar_upstream_errors_total{direction=\"inbound\"}";
 
 /// `n` GETs of `path` on `conn`, each answered 200 by the echo app; the app
 /// connection each came on, in order.
@@ -82,14 +85,58 @@ async fn an_app_closing_every_connection_costs_the_client_nothing() {
     let after = app_connections(&mut conn, "/after", 3).await;
     assert_eq!(distinct(&after), 1, "{after:?}");
     let m = env.metrics();
+    assert_eq!(sample(&m, UPSTREAM_ERRORS), 0.0, "{m}");
+}
+
+fn h2_client(env: &Env) -> Arc<ClientConfig> {
+    client_config(&env.ca.cert_pem, Some(&env.caller(CLIENT_ID)), &["h2"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_take_turns_on_a_parked_app_connection() {
+    let env = Env::start(&[]).await;
+    let mut h2 = HttpConn::open(env.addr, h2_client(&env)).await.unwrap();
+    assert!(matches!(h2, HttpConn::H2(_)), "ALPN must pick h2");
+    // Each answer ends before the next request: the connection it came on
+    // is back in the idle list by then.
+    let ids = app_connections(&mut h2, "/h2", 20).await;
     assert_eq!(
-        sample(
-            &m,
-            "kube_mtls_sidecar_upstream_errors_total{direction=\"inbound\"}"
-        ),
-        0.0,
-        "{m}"
+        distinct(&ids),
+        1,
+        "one app connection for 20 requests: {ids:?}"
     );
+
+    // An HTTP/1.1 client connection takes the same parked connection.
+    let h1 = client_config(
+        &env.ca.cert_pem,
+        Some(&env.caller(CLIENT_ID)),
+        &["http/1.1"],
+    );
+    let mut h1 = HttpConn::open(env.addr, h1).await.unwrap();
+    let after = app_connections(&mut h1, "/h1", 2).await;
+    assert_eq!(after, vec![ids[0]; 2], "{ids:?}");
+
+    // While the HTTP/1.1 client holds it, HTTP/2 requests get another.
+    let other = app_connections(&mut h2, "/h2-again", 3).await;
+    assert_eq!(distinct(&other), 1, "{other:?}");
+    assert_ne!(other[0], ids[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_closing_every_connection_costs_an_http2_client_nothing() {
+    let env = Env::start(&[]).await;
+    let mut h2 = HttpConn::open(env.addr, h2_client(&env)).await.unwrap();
+    // `Connection: close` answers: none of those connections may be used again.
+    let ids = app_connections(&mut h2, "/close", 10).await;
+    assert_eq!(
+        distinct(&ids),
+        10,
+        "a new app connection each time: {ids:?}"
+    );
+    let after = app_connections(&mut h2, "/after", 3).await;
+    assert_eq!(distinct(&after), 1, "{after:?}");
+    let m = env.metrics();
+    assert_eq!(sample(&m, UPSTREAM_ERRORS), 0.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
