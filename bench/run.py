@@ -14,6 +14,7 @@ release binaries first.
 import argparse
 import json
 import os
+import signal
 import socket
 import ssl
 import statistics
@@ -81,14 +82,16 @@ def process_tree(pid):
 
 
 def cpu_ticks(pids):
-    total = 0
+    """(user, kernel) CPU time of the processes so far, in clock ticks."""
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+        user += int(fields[11])  # utime
+        kernel += int(fields[12])  # stime
+    return user, kernel
 
 
 def proc_kb(pids, name, fields):
@@ -295,8 +298,9 @@ backend app_tcp
 def loadgen(args, scenario, port, tls, extra=(), seconds=None, client_cert=True, proxy=None):
     """Runs one scenario and returns its report. With `proxy` (a callable
     giving the proxy's pids), the report also holds the proxy's CPU use over
-    the run (`cpu_pct`) and its peak memory (`rss_kb`, `anon_kb`), sampled
-    every 200 ms."""
+    the run (`cpu_pct`), its CPU time per request in user space and in the
+    kernel (`user_us`, `kernel_us`; the run includes opening the connections),
+    and its peak memory (`rss_kb`, `anon_kb`), sampled every 200 ms."""
     argv = [binary("kube-mtls-loadgen"), "run", "--scenario", scenario,
             "--target", f"127.0.0.1:{port}", "--seconds", str(seconds or args.seconds)]
     if tls:
@@ -305,7 +309,7 @@ def loadgen(args, scenario, port, tls, extra=(), seconds=None, client_cert=True,
         if client_cert:
             argv += ["--cert", str(client / "tls.crt"), "--key", str(client / "tls.key")]
     argv += list(extra)
-    before = cpu_ticks(proxy()) if proxy else 0
+    before = cpu_ticks(proxy()) if proxy else (0, 0)
     t0 = time.monotonic()
     proc = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples = []
@@ -323,7 +327,11 @@ def loadgen(args, scenario, port, tls, extra=(), seconds=None, client_cert=True,
               file=sys.stderr)
     if proxy:
         samples.append(memory_kb(proxy()))
-        report["cpu_pct"] = 100.0 * (cpu_ticks(proxy()) - before) / CLK_TCK / wall
+        user, kernel = (after - b for after, b in zip(cpu_ticks(proxy()), before))
+        report["cpu_pct"] = 100.0 * (user + kernel) / CLK_TCK / wall
+        done = max(report["requests"], 1)
+        report["user_us"] = 1e6 * user / CLK_TCK / done
+        report["kernel_us"] = 1e6 * kernel / CLK_TCK / done
         report["rss_kb"] = max(rss for rss, _ in samples)
         report["anon_kb"] = max(anon for _, anon in samples)
     return report
@@ -350,6 +358,7 @@ def measure(args, contestant):
             # Near 100 % means the proxy's core is the limit; well below, the
             # load generator's core is.
             results["ka_cpu_pct"] = r["cpu_pct"]
+            results["ka_user_us"], results["ka_kernel_us"] = r["user_us"], r["kernel_us"]
 
         r = loadgen(args, "rate", port, tls,
                     ["--rate", str(args.rate), "--connections", str(args.rate_connections)], proxy=proxy)
@@ -365,8 +374,11 @@ def measure(args, contestant):
 
         if tls:
             r = loadgen(args, "h2", port, tls,
-                        ["--connections", str(args.h2_connections), "--streams", str(args.h2_streams)])
+                        ["--connections", str(args.h2_connections), "--streams", str(args.h2_streams)],
+                        proxy=proxy)
             results["h2_rps"], results["h2_p99"] = r["rate"], r["p99_us"]
+            if proxy:
+                results["h2_user_us"], results["h2_kernel_us"] = r["user_us"], r["kernel_us"]
         results.update(measure_tcp(args, tls, proxy))
     finally:
         contestant.stop()
@@ -379,8 +391,10 @@ def measure_tcp(args, tls, proxy):
     of the proxy's CPU time)."""
     port = PROXY_TCP if tls else UPSTREAM_TCP
     results = {}
-    r = loadgen(args, "tcp", port, tls, ["--connections", str(args.connections)])
+    r = loadgen(args, "tcp", port, tls, ["--connections", str(args.connections)], proxy=proxy)
     results["tcp_rps"], results["tcp_p99"] = r["rate"], r["p99_us"]
+    if proxy:
+        results["tcp_user_us"], results["tcp_kernel_us"] = r["user_us"], r["kernel_us"]
     r = loadgen(args, "tcp-handshake", port, tls, ["--connections", str(args.handshake_concurrency)])
     results["tcp_hs"] = r["rate"]
     r = loadgen(args, "tcp-bulk", port, tls, ["--bytes", str(args.bulk_mb * 1_000_000)], proxy=proxy)
@@ -431,6 +445,53 @@ def instructions(args, kind):
                 c.stop(timeout=120)
             counts.append(callgrind_instructions(prefix))
         results[key] = (counts[1] - counts[0]) / (many - few)
+    return results
+
+
+def syscall_counts(path):
+    """Calls per syscall from a `strace -c` summary."""
+    counts = {}
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+            counts[f[-1]] = counts.get(f[-1], 0) + int(f[3])
+    return counts
+
+
+def syscalls(args, kind):
+    """System calls the proxy makes per keep-alive request, per HTTP/2 request
+    and per L4 round trip, counted by `strace -c` attached to the proxy for a
+    fixed number of requests on connections that are already open (and whose
+    connections to the upstream exist): like instructions, the same on every
+    machine. Returns the totals and, for the notes, the calls behind them."""
+    results = {}
+    for key, scenario, port, extra in (
+            ("ka_syscalls", "keepalive", PROXY, ["--connections", str(args.connections)]),
+            ("h2_syscalls", "h2", PROXY, ["--connections", str(args.h2_connections),
+                                          "--streams", str(args.h2_streams)]),
+            ("tcp_syscalls", "tcp", PROXY_TCP, ["--connections", str(args.connections)])):
+        c = kind(args.certs, args.work)
+        c.start()
+        out = args.work / f"strace-{kind.name}-{scenario}.txt"
+        try:
+            loadgen(args, scenario, port, True, [*extra, "--requests", "2000"])
+            argv = ["strace", "-c", "-f", "-o", str(out)]
+            for pid in c.pids():
+                argv += ["-p", str(pid)]
+            tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+            # strace says it has attached on stderr, once per process.
+            for _ in c.pids():
+                tracer.stderr.readline()
+            n = 20_000
+            loadgen(args, scenario, port, True, [*extra, "--requests", str(n)])
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=30)
+        finally:
+            c.stop()
+        counts = syscall_counts(out)
+        results[key] = sum(counts.values()) / n
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:4]
+        results[key + "_top"] = ", ".join(f"{name} {calls / n:.2f}" for name, calls in top)
     return results
 
 
@@ -518,6 +579,9 @@ ROWS = [
     ("ka_p99", "keep-alive p99 (µs)", "{:,.0f}", None),
     ("ka_cpu_pct", "keep-alive: proxy CPU (% of its core)", "{:.0f}", None),
     ("ka_instr", "instructions per keep-alive request", "{:,.0f}", None),
+    ("ka_syscalls", "system calls per keep-alive request", "{:.2f}", None),
+    ("ka_user_us", "keep-alive: proxy CPU per request, user space (µs)", "{:.2f}", None),
+    ("ka_kernel_us", "keep-alive: proxy CPU per request, kernel (µs)", "{:.2f}", None),
     ("rate_p50", "1000 req/s: p50 (µs)", "{:,.0f}", None),
     ("rate_p99", "1000 req/s: p99 (µs)", "{:,.0f}", "≤ min(nginx, HAProxy)"),
     ("rate_p999", "1000 req/s: p99.9 (µs)", "{:,.0f}", None),
@@ -534,9 +598,15 @@ ROWS = [
     ("h2_rps", "HTTP/2 multiplexed throughput (req/s)", "{:,.0f}", "≥ 1.3× HAProxy"),
     ("h2_p99", "HTTP/2 p99 (µs)", "{:,.0f}", None),
     ("h2_instr", "instructions per HTTP/2 request", "{:,.0f}", None),
+    ("h2_syscalls", "system calls per HTTP/2 request", "{:.2f}", None),
+    ("h2_user_us", "HTTP/2: proxy CPU per request, user space (µs)", "{:.2f}", None),
+    ("h2_kernel_us", "HTTP/2: proxy CPU per request, kernel (µs)", "{:.2f}", None),
     ("tcp_rps", "L4: 64-byte round trips/s (keep-alive)", "{:,.0f}", "≥ 1.3× HAProxy"),
     ("tcp_p99", "L4: round trip p99 (µs)", "{:,.0f}", None),
     ("tcp_instr", "instructions per L4 round trip", "{:,.0f}", None),
+    ("tcp_syscalls", "system calls per L4 round trip", "{:.2f}", None),
+    ("tcp_user_us", "L4: proxy CPU per round trip, user space (µs)", "{:.2f}", None),
+    ("tcp_kernel_us", "L4: proxy CPU per round trip, kernel (µs)", "{:.2f}", None),
     ("tcp_hs", "L4: new connections/s", "{:,.0f}", None),
     ("bulk_mbps", "L4: bulk transfer (MB/s)", "{:,.0f}", "≥ 1.3× HAProxy"),
     ("bulk_mb_per_cpu_s", "L4: bulk MB per proxy CPU-second", "{:,.0f}", None),
@@ -581,7 +651,7 @@ def main():
     parser.add_argument("--bulk-mb", type=int, default=100, help="megabytes of the TCP bulk transfer")
     parser.add_argument("--webhook-rate", type=float, default=500.0, help="AdmissionReviews/s of the webhook's fixed-rate run")
     parser.add_argument("--no-instructions", action="store_true",
-                        help="skip counting instructions per request (valgrind; a few minutes)")
+                        help="skip counting instructions (valgrind) and system calls (strace) per request; a few minutes")
     parser.add_argument("--only", default="direct,kube-mtls,nginx,haproxy",
                         help="comma-separated contestants")
     parser.add_argument("--no-webhook", action="store_true", help="skip the webhook benchmark")
@@ -618,6 +688,8 @@ def main():
                     if name != "direct":
                         print(f"instructions per request: {name} (valgrind)", file=sys.stderr)
                         medians[name].update(instructions(args, kinds[name]))
+                        print(f"system calls per request: {name} (strace)", file=sys.stderr)
+                        medians[name].update(syscalls(args, kinds[name]))
             webhook = None if args.no_webhook else bench_webhook(args)
         finally:
             upstream.terminate()
@@ -628,6 +700,12 @@ def main():
     print(f"\nkube-mtls benchmark: {cpu}; medians of {args.reps} × {args.seconds:g}s; proxy on CPU {PROXY_CPU}, "
           f"load generator and upstream on CPU {LOAD_CPU}\n")
     print(table(medians, names))
+    tops = [(n, k, medians[n][k + "_top"]) for n in names for k in ("ka_syscalls", "h2_syscalls", "tcp_syscalls")
+            if k + "_top" in medians[n]]
+    if tops:
+        print("\nsystem calls per request, the most frequent:")
+        for name, key, top in tops:
+            print(f"- {name}, {key.split('_')[0]}: {top}")
     if webhook:
         print(f"\nwebhook (AdmissionReview of a {webhook['pod_bytes']:,}-byte multi-container pod over HTTPS, "
               f"16 keep-alive connections): saturated {webhook['rps']:,.0f} reviews/s, p50 {webhook['p50']:,.0f} µs, "
