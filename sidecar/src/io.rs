@@ -1,6 +1,6 @@
 //! Stream wrappers for client connections: an idle timeout that spares
-//! requests in progress, and a lingering close that lets a final response
-//! reach the client.
+//! requests in progress, a lingering close that lets a final response reach
+//! the client, and a read-ahead buffer under TLS for byte streams.
 //!
 //! Idle means no request in progress and no bytes moving: a request waiting
 //! for the app, or whose response is still being sent, keeps its connection
@@ -272,5 +272,167 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<T> {
             }
         }
         self.poll_drain(cx).map(Ok)
+    }
+}
+
+/// How much [`ReadAhead`] asks the socket for at once: two TLS records of
+/// the largest size.
+pub const READ_AHEAD: usize = 32 * 1024;
+
+/// Reads the socket in [`READ_AHEAD`] chunks under a TLS stream.
+///
+/// rustls reads its records at most 4 KiB at a time, so a 16 KiB record costs
+/// four `read` calls, and a bulk transfer through an L4 port spends more on
+/// system calls than on decryption. This asks the socket for up to 32 KiB and
+/// hands rustls its 4 KiB from memory. The buffer is allocated on the first
+/// read and kept for the connection's life, so it is used only where streams
+/// are long and large (`--tcp-ports`); elsewhere ([`ReadAhead::direct`]) reads
+/// pass straight through.
+pub struct ReadAhead<T> {
+    inner: T,
+    /// Bytes read from the socket; `start..end` not yet handed on.
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    enabled: bool,
+}
+
+impl<T> ReadAhead<T> {
+    /// Reads ahead of the consumer.
+    pub fn buffered(inner: T) -> Self {
+        Self::new(inner, true)
+    }
+
+    /// Passes every read straight through.
+    pub fn direct(inner: T) -> Self {
+        Self::new(inner, false)
+    }
+
+    fn new(inner: T, enabled: bool) -> Self {
+        ReadAhead {
+            inner,
+            buf: None,
+            start: 0,
+            end: 0,
+            enabled,
+        }
+    }
+
+    /// Hands on buffered bytes, if there are any.
+    fn take_buffered(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        let Some(buf) = &self.buf else {
+            return false;
+        };
+        if self.start == self.end {
+            return false;
+        }
+        let n = (self.end - self.start).min(out.remaining());
+        out.put_slice(&buf[self.start..self.start + n]);
+        self.start += n;
+        true
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.take_buffered(out) {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.enabled || out.remaining() >= READ_AHEAD {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let buf = this
+            .buf
+            .get_or_insert_with(|| vec![0; READ_AHEAD].into_boxed_slice());
+        let mut fill = ReadBuf::new(buf);
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+        this.start = 0;
+        this.end = fill.filled().len();
+        // Nothing read is the end of the stream: `out` stays empty too.
+        this.take_buffered(out);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer writes 100 KiB in pieces; a reader asking for 4 KiB at a time
+    /// through [`ReadAhead`] gets every byte in order, then the end.
+    #[tokio::test]
+    async fn read_ahead_hands_on_every_byte_in_order() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for piece in sent.chunks(7_000) {
+                    peer.write_all(piece).await.unwrap();
+                }
+            })
+        };
+        let mut reader = ReadAhead::buffered(ours);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "bytes differ");
+        assert!(reader.buf.is_some(), "small reads went through the buffer");
+    }
+
+    #[tokio::test]
+    async fn direct_reads_never_allocate_a_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        peer.write_all(b"hello").await.unwrap();
+        drop(peer);
+        let mut reader = ReadAhead::direct(ours);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello");
+        assert!(reader.buf.is_none());
     }
 }

@@ -48,7 +48,7 @@ use crate::config::{Config, Mode, MtlsMode, Policy};
 use crate::conn::serve_http;
 use crate::headers;
 use crate::identity::PeerIdentity;
-use crate::io::{IdleTimeout, InFlight, Linger};
+use crate::io::{IdleTimeout, InFlight, Linger, ReadAhead};
 use crate::limits::HandshakePermit;
 use crate::metrics::Refusal;
 use crate::permissive::{self, Opening};
@@ -168,7 +168,7 @@ pub enum Caller {
 
 /// A connection that passed the handshake: who is calling, and may they.
 struct Authenticated {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
     peer: PeerIdentity,
     /// Hex SHA-256 of the client certificate, for XFCC's `Hash`.
     cert_hash: String,
@@ -195,7 +195,7 @@ fn judge(peer: &PeerIdentity, shared: &Shared) -> Verdict {
 
 /// The mTLS handshake within `--handshake-timeout`, then the allow-list.
 async fn authenticate(
-    stream: TcpStream,
+    stream: ReadAhead<TcpStream>,
     acceptor: TlsAcceptor,
     shared: &Shared,
 ) -> Option<Authenticated> {
@@ -317,7 +317,13 @@ async fn serve_mtls(conn: Accepted, shared: &Arc<Shared>) {
     } else {
         tls.http.clone()
     });
-    let Some(auth) = authenticate(conn.stream, acceptor, shared).await else {
+    // A byte stream may carry bulk data: its TLS records are read ahead.
+    let stream = if conn.mode == Mode::Tcp {
+        ReadAhead::buffered(conn.stream)
+    } else {
+        ReadAhead::direct(conn.stream)
+    };
+    let Some(auth) = authenticate(stream, acceptor, shared).await else {
         return;
     };
     drop(conn.handshake);
@@ -394,7 +400,7 @@ pub struct ConnCtx {
     /// The app speaks HTTP/2 cleartext (`--h2-ports`).
     pub h2_upstream: bool,
     /// The connection to the app this client connection's HTTP/1.1 requests
-    /// use (HTTP/2 requests and `--h2-ports` use the pooled clients).
+    /// use (HTTP/2 requests take idle ones; `--h2-ports` the pooled client).
     pub pinned: Pinned,
     pub caller: Caller,
     /// The client's address, for `X-Forwarded-For`.
@@ -576,6 +582,9 @@ fn upstream_failure(
     )
 }
 
+/// The buffer of each direction of a TCP port's copy.
+const COPY_BUF: usize = 16 * 1024;
+
 async fn tcp_copy<I>(mut client: I, port: u16, shared: &Shared)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -595,7 +604,10 @@ where
         }
     };
     let _ = app.set_nodelay(true);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
+    // Whole TLS records (16 KiB) each way, rather than tokio's 8 KiB default.
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut app, COPY_BUF, COPY_BUF);
+    if let Err(e) = copied.await {
         tracing::debug!(error = %e, "TCP connection ended with an error");
     }
 }
