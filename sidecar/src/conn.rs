@@ -1,6 +1,7 @@
 //! Serving HTTP on one accepted connection, the same way in both directions:
-//! hyper's HTTP/1.1 and HTTP/2 server with the sidecar's header limits, its
-//! per-stream tasks inside the connection's tracing span, and a graceful end
+//! hyper's HTTP/1.1 and HTTP/2 server with the sidecar's header limits, one
+//! timer per connection ([`ConnClock`]), its per-stream tasks inside the
+//! connection's tracing span, and a graceful end
 //! (GOAWAY, or `Connection: close` on the request in flight) on shutdown.
 
 use std::convert::Infallible;
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tracing::Instrument;
 
+use crate::clock::ConnClock;
 use crate::shared::{Body, Shared};
 
 /// Runs hyper's per-stream tasks (HTTP/2) inside the connection's span, so
@@ -41,7 +43,7 @@ where
     let mut builder = auto::Builder::new(InSpan);
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(ConnClock::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_size.max(8192));
     // HTTP/2 closes the whole connection (GOAWAY) for a header block beyond

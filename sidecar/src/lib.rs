@@ -9,17 +9,20 @@
 //! - [`proxy`]: the inbound path, HTTP and TCP.
 //! - [`permissive`]: permissive mode's plaintext detection and logging.
 //! - [`outbound`]: the app's plaintext calls leave as mTLS.
-//! - [`conn`]: serving HTTP on one connection, for both directions.
+//! - [`conn`]: serving HTTP on one connection, for both directions; [`clock`]:
+//!   its timer.
 //! - [`rewrite`]: the request rewrite both directions share.
-//! - [`upstream`]: one connection to the app per HTTP/1.1 client connection.
+//! - [`upstream`]: the connections to the app, without a pool in the way.
 //! - [`headers`]: XFCC and the headers a client may not forge.
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/app-health/...`.
 //! - [`limits`]: handshakes in progress, overall and per client address.
 //! - [`body`]: request and response bodies as the proxy passes them on.
-//! - [`metrics`], [`io`] (idle timeout, lingering close), [`server`] (start-up and drain).
+//! - [`metrics`], [`io`] (idle timeout, lingering close, read-ahead), [`server`]
+//!   (start-up and drain).
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod headers;

@@ -88,6 +88,72 @@ async fn idle_timeout_spares_requests_waiting_for_the_app() {
     );
 }
 
+/// One whole HTTP/1.1 answer with a `Content-Length` body, read off `tls`.
+async fn read_answer(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("the answer has a Content-Length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tls.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection ended inside an answer: {text}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_unfinished_after_the_header_read_timeout_closes_the_connection() {
+    let env = Env::start(&["--header-read-timeout", "1s"]).await;
+    let mut tls = connect(env.addr, env.h1()).await.unwrap();
+    // Whole requests first: each head read starts a deadline and ends it.
+    for i in 0..3 {
+        let answer = within(PATIENCE, "a quick answer", async {
+            let req = format!("GET /quick/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            read_answer(&mut tls).await
+        })
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+    }
+    // Then a head that never ends.
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    within(
+        PATIENCE,
+        "the sidecar to close a connection with a stalled head",
+        async {
+            tls.write_all(b"GET /stalled HTTP/1.1\r\nHost: loc")
+                .await
+                .unwrap();
+            let _ = tls.read_to_end(&mut buf).await;
+        },
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the 1 s header read timeout"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeout_answers_504_and_counts_it() {
     let env = Env::start(&["--upstream-timeout", "1s"]).await;
