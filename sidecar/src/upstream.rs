@@ -213,14 +213,12 @@ pub async fn send_multiplexed(
     Ok(resp.map(|body| AppBody::parking(body, park)))
 }
 
+/// A response head from the app and the connection it came on.
+type Answered = Result<(Response<Incoming>, Sender), UpstreamError>;
+
 /// Sends `req` on `held` once it is ready for it, or on a fresh connection if
-/// there is none or the app closed it before the request went out. Returns
-/// the response head and the connection it came on.
-async fn send_on(
-    held: Option<Sender>,
-    port: u16,
-    req: Request<Body>,
-) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+/// there is none or the app closed it before the request went out.
+async fn send_on(held: Option<Sender>, port: u16, req: Request<Body>) -> Answered {
     let Some(mut sender) = held else {
         return fresh(port, req).await;
     };
@@ -244,10 +242,7 @@ async fn send_on(
 
 /// Sends `req` on a new connection to the app. Boxed: the rare case, kept out
 /// of every request's future.
-fn fresh(
-    port: u16,
-    req: Request<Body>,
-) -> Pin<Box<impl Future<Output = Result<(Response<Incoming>, Sender), UpstreamError>> + Send>> {
+fn fresh(port: u16, req: Request<Body>) -> Pin<Box<impl Future<Output = Answered> + Send>> {
     Box::pin(async move {
         let mut sender = connect(port).await?;
         let resp = sender.send_request(req).await?;
