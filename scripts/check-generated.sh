@@ -14,4 +14,11 @@ while IFS= read -r -d '' f; do
     status=1
   fi
 done < <(find "$fresh" -type f -print0)
+
+# The sidecar's symbol order is made from a profile (minutes, valgrind), not
+# here; it names functions of the locked crates, so it must follow Cargo.lock.
+if [ "$(head -n 1 sidecar/symbol-order.txt)" != "$(python3 bench/symbol_order.py --print-stamp)" ]; then
+  echo "stale generated file: sidecar/symbol-order.txt was made for another Cargo.lock (run scripts/symbol-order.sh and commit the result)" >&2
+  status=1
+fi
 exit $status
