@@ -85,6 +85,11 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Change nothing; check that the rules are in place (CNI mode's unprivileged
+    /// first init container). Exits with code 97 when they are not.
+    #[arg(long, conflicts_with_all = ["cleanup", "dry_run"])]
+    pub validate: bool,
+
     /// Log format: json, text (coloured only on a terminal), or auto (text on a terminal, JSON otherwise).
     #[arg(long, env = "KUBE_MTLS_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,

@@ -13,6 +13,10 @@ pub const PROFILE: &str = "kube-mtls.io/profile";
 pub const MODE: &str = "kube-mtls.io/mode";
 /// `enforce` or `audit`: whether callers off the allow-list are refused (the sidecar's `--policy`).
 pub const POLICY: &str = "kube-mtls.io/policy";
+/// Written by the webhook in CNI mode: the `kube-mtls-init` args (a JSON list
+/// of strings) that the CNI plugin applies in the pod's network namespace.
+/// A pod without it is not the plugin's to touch.
+pub const CNI_REDIRECT: &str = "kube-mtls.io/cni-redirect";
 
 /// The sidecar's listener for redirected inbound connections.
 pub const INBOUND_PORT: u16 = 15006;
@@ -31,6 +35,18 @@ pub const PROXY_GID: u32 = 15337;
 pub const INIT_NAME: &str = "kube-mtls-init";
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "kube-mtls-sidecar";
+/// CNI mode's first init container: unprivileged, it proves that the pod's
+/// traffic is redirected (`kube-mtls-init --validate`) before anything else runs.
+pub const VALIDATE_NAME: &str = "kube-mtls-validate";
+/// The exit code of `kube-mtls-init --validate` when redirection is not in
+/// place; the node agent's repair controller looks for it.
+pub const VALIDATION_FAILED_EXIT: i32 = 97;
+/// The address the validation connects to (TEST-NET-1, RFC 5737: never
+/// routed). The outbound chain redirects it, on the admin port, to the pod's
+/// own admin port, where the validation listens.
+pub const VALIDATION_PROBE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 1);
+/// The CNI plugin's binary, and its `type` in the CNI configuration.
+pub const CNI_BINARY: &str = "kube-mtls-cni";
 /// The init binary in the sidecar image.
 pub const INIT_BINARY: &str = "kube-mtls-init";
 /// The sidecar binary in the sidecar image.

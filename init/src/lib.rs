@@ -5,8 +5,10 @@
 //! - [`rules`]: the pure plan and its `iptables-restore` rendering.
 //! - [`backend`]: nft or legacy, detection and the commands.
 //! - [`apply`]: capability check, IPv6 detection, install and cleanup.
+//! - [`validate`]: CNI mode's unprivileged check that the rules are in place.
 
 pub mod apply;
 pub mod backend;
 pub mod config;
 pub mod rules;
+pub mod validate;

@@ -1,9 +1,14 @@
 //! The `kube-mtls-init` binary: flags in, rules installed (or printed, or removed).
 
 use clap::Parser;
+use kube_mtls_contract::names::VALIDATION_FAILED_EXIT;
 use kube_mtls_init::config::{Args, Config, Ipv6Choice};
 use kube_mtls_init::rules::{self, Existing, Family};
-use kube_mtls_init::{apply, backend};
+use kube_mtls_init::{apply, backend, validate};
+
+/// How long the redirected probe connection may take: it stays on loopback,
+/// so anything near this long means it went out unredirected.
+const VALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -25,6 +30,20 @@ fn main() -> anyhow::Result<()> {
             println!("# {tool}");
             print!("{}", rules::render_install(&plan, &Existing::default()));
         }
+        return Ok(());
+    }
+
+    if args.validate {
+        if let Err(e) = validate::validate(cfg.admin_port, VALIDATE_TIMEOUT) {
+            tracing::error!("{e}");
+            eprintln!("kube-mtls-init: {e}");
+            let code = match e {
+                validate::ValidateError::NotRedirected { .. } => VALIDATION_FAILED_EXIT,
+                validate::ValidateError::Listen { .. } => 1,
+            };
+            std::process::exit(code);
+        }
+        tracing::info!("the pod's traffic is redirected through the sidecar");
         return Ok(());
     }
 

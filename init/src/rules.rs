@@ -9,6 +9,8 @@
 
 use std::fmt::Write;
 
+use kube_mtls_contract::names::VALIDATION_PROBE_IP;
+
 use crate::config::{Config, InboundPorts};
 
 pub const INBOUND_CHAIN: &str = "KUBE_MTLS_INBOUND";
@@ -44,8 +46,6 @@ pub struct Rule {
 pub struct Plan {
     pub family: Family,
     pub rules: Vec<Rule>,
-    /// Whether OUTPUT jumps to the outbound chain (only when outbound ports are given).
-    pub outbound: bool,
 }
 
 fn rule(chain: &'static str, spec: String, why: String) -> Rule {
@@ -94,52 +94,65 @@ pub fn plan(cfg: &Config, family: Family) -> Plan {
         }
     }
 
-    let outbound = !cfg.outbound.is_empty();
-    if outbound {
-        let o = OUTBOUND_CHAIN;
+    let o = OUTBOUND_CHAIN;
+    if family == Family::V4 {
+        // First in the chain, so it holds whichever UID connects: the
+        // unprivileged check of CNI mode (`kube-mtls-init --validate`).
         rules.push(rule(
             o,
-            format!("-m owner --uid-owner {} -j RETURN", cfg.proxy_uid),
-            "kube-mtls: the sidecar's own connections leave as they are".into(),
+            format!(
+                "-d {VALIDATION_PROBE_IP}/32 -p tcp --dport {port} -j REDIRECT --to-ports {port}",
+                port = cfg.admin_port
+            ),
+            "kube-mtls: the validation probe reaches the pod's admin port, proving the rules are in place".into(),
         ));
-        rules.push(rule(
-            o,
-            format!("-d {} -j RETURN", family.loopback()),
-            "kube-mtls: loopback traffic stays inside the pod".into(),
-        ));
-        rules.push(rule(
-            o,
-            "-o lo -j RETURN".into(),
-            "kube-mtls: traffic to the pod's own addresses stays inside the pod".into(),
-        ));
-        for net in &cfg.skip_outbound {
-            let matches_family = matches!(
-                (family, net),
-                (Family::V4, ipnet::IpNet::V4(_)) | (Family::V6, ipnet::IpNet::V6(_))
-            );
-            if matches_family {
-                rules.push(rule(
-                    o,
-                    format!("-d {net} -j RETURN"),
-                    format!("kube-mtls: destination {net} is skipped by configuration"),
-                ));
-            }
-        }
-        for p in &cfg.outbound {
+    }
+    if !cfg.outbound.is_empty() {
+        outbound_rules(cfg, family, &mut rules);
+    }
+    Plan { family, rules }
+}
+
+/// The outbound chain's rules for `--outbound-ports`.
+fn outbound_rules(cfg: &Config, family: Family, rules: &mut Vec<Rule>) {
+    let o = OUTBOUND_CHAIN;
+    rules.push(rule(
+        o,
+        format!("-m owner --uid-owner {} -j RETURN", cfg.proxy_uid),
+        "kube-mtls: the sidecar's own connections leave as they are".into(),
+    ));
+    rules.push(rule(
+        o,
+        format!("-d {} -j RETURN", family.loopback()),
+        "kube-mtls: loopback traffic stays inside the pod".into(),
+    ));
+    rules.push(rule(
+        o,
+        "-o lo -j RETURN".into(),
+        "kube-mtls: traffic to the pod's own addresses stays inside the pod".into(),
+    ));
+    for net in &cfg.skip_outbound {
+        let matches_family = matches!(
+            (family, net),
+            (Family::V4, ipnet::IpNet::V4(_)) | (Family::V6, ipnet::IpNet::V6(_))
+        );
+        if matches_family {
             rules.push(rule(
                 o,
-                format!(
-                    "-p tcp --dport {p} -j REDIRECT --to-ports {}",
-                    cfg.outbound_port
-                ),
-                format!("kube-mtls: outbound port {p} is upgraded to mTLS by the sidecar"),
+                format!("-d {net} -j RETURN"),
+                format!("kube-mtls: destination {net} is skipped by configuration"),
             ));
         }
     }
-    Plan {
-        family,
-        rules,
-        outbound,
+    for p in &cfg.outbound {
+        rules.push(rule(
+            o,
+            format!(
+                "-p tcp --dport {p} -j REDIRECT --to-ports {}",
+                cfg.outbound_port
+            ),
+            format!("kube-mtls: outbound port {p} is upgraded to mTLS by the sidecar"),
+        ));
     }
 }
 
@@ -212,9 +225,7 @@ pub fn render_install(plan: &Plan, existing: &Existing) -> String {
         );
     }
     let _ = writeln!(out, "-A PREROUTING {INBOUND_JUMP}");
-    if plan.outbound {
-        let _ = writeln!(out, "-A OUTPUT {OUTBOUND_JUMP}");
-    }
+    let _ = writeln!(out, "-A OUTPUT {OUTBOUND_JUMP}");
     out.push_str("COMMIT\n");
     out
 }
@@ -258,6 +269,12 @@ mod tests {
             .collect()
     }
 
+    fn inbound(p: &Plan) -> Vec<String> {
+        let mut s = specs(p);
+        s.retain(|r| r.starts_with(INBOUND_CHAIN));
+        s
+    }
+
     #[test]
     fn listed_ports_are_redirected_and_admin_never() {
         let p = plan(
@@ -270,7 +287,7 @@ mod tests {
             Family::V4,
         );
         assert_eq!(
-            specs(&p),
+            inbound(&p),
             vec![
                 "KUBE_MTLS_INBOUND -p tcp --dport 15020 -j RETURN",
                 "KUBE_MTLS_INBOUND -p tcp --dport 15006 -j RETURN",
@@ -278,14 +295,13 @@ mod tests {
                 "KUBE_MTLS_INBOUND -p tcp --dport 8080 -j REDIRECT --to-ports 15006",
             ]
         );
-        assert!(!p.outbound);
         assert!(p.rules.iter().all(|r| r.why.starts_with("kube-mtls: ")));
     }
 
     #[test]
     fn all_ports_but_skipped_ones() {
         let p = plan(&cfg(&["--skip-inbound-ports", "22"]), Family::V4);
-        let s = specs(&p);
+        let s = inbound(&p);
         assert_eq!(
             s.last().unwrap(),
             "KUBE_MTLS_INBOUND -p tcp -j REDIRECT --to-ports 15006"
@@ -301,6 +317,32 @@ mod tests {
         assert!(
             admin < s.len() - 1 && skip < s.len() - 1,
             "RETURNs come before the catch-all"
+        );
+    }
+
+    #[test]
+    fn the_validation_probe_comes_first_outbound_for_every_uid_and_ipv4_only() {
+        let probe =
+            "KUBE_MTLS_OUTBOUND -d 192.0.2.1/32 -p tcp --dport 15020 -j REDIRECT --to-ports 15020";
+        for args in [&[][..], &["--outbound-ports", "443"][..]] {
+            let c = cfg(args);
+            let v4 = specs(&plan(&c, Family::V4));
+            let first_out = v4.iter().find(|r| r.starts_with(OUTBOUND_CHAIN));
+            assert_eq!(first_out.map(String::as_str), Some(probe), "{v4:?}");
+            let v6 = specs(&plan(&c, Family::V6));
+            assert!(!v6.iter().any(|r| r.contains("192.0.2.1")), "{v6:?}");
+        }
+        // With no outbound ports the probe is the only outbound rule, and
+        // OUTPUT still jumps to the chain.
+        let p = plan(&cfg(&[]), Family::V4);
+        let out: Vec<_> = specs(&p)
+            .into_iter()
+            .filter(|r| r.starts_with(OUTBOUND_CHAIN))
+            .collect();
+        assert_eq!(out, [probe]);
+        assert!(
+            render_install(&p, &Existing::default())
+                .contains(&format!("-A OUTPUT {OUTBOUND_JUMP}"))
         );
     }
 

@@ -227,3 +227,49 @@ fn dry_run_prints_the_plan_without_privileges() {
     assert!(plan.contains("-d 10.0.0.0/8 -m comment"));
     assert!(plan.contains("-j REDIRECT --to-ports 15001"));
 }
+
+/// CNI mode's first init container: unprivileged, with every capability
+/// dropped, it exits 97 while the pod's rules are missing and 0 once they are
+/// in place.
+#[test]
+fn validate_tells_whether_the_rules_are_in_place_without_privileges() {
+    require_netns!();
+    let pod = Pod::create();
+    let validate = || {
+        kube_mtls_tests::process::output_within(
+            pod.command_as(
+                kube_mtls_contract::names::PROXY_UID,
+                kube_mtls_tests::bins::bin("kube-mtls-init"),
+            )
+            .args(["--validate", "--log-format=text"]),
+            b"",
+            Duration::from_secs(20),
+        )
+        .expect("run kube-mtls-init --validate")
+    };
+    let before = validate();
+    assert_eq!(
+        before.status.code(),
+        Some(kube_mtls_contract::names::VALIDATION_FAILED_EXIT),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    let err = String::from_utf8_lossy(&before.stderr);
+    assert!(
+        err.contains("not redirected") && err.contains("kube-mtls-cni"),
+        "{err}"
+    );
+
+    let out = pod.init(&["--inbound-ports", "8080"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = validate();
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+}
