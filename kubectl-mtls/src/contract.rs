@@ -23,12 +23,18 @@ pub use kube_mtls_webhook::resolve::{Defaults, Resolved};
 /// Resolves a pod's settings exactly as the webhook does at admission.
 pub use kube_mtls_webhook::resolve::resolve;
 
-pub use kube_mtls_contract::names::{MODE, POLICY};
+pub use kube_mtls_contract::names::{
+    CNI_BINARY, MODE, POLICY, VALIDATE_NAME, VALIDATION_FAILED_EXIT,
+};
 use kube_mtls_webhook::cli::{Cli, Command, FlagError};
 pub use kube_mtls_webhook::cli::{InjectionFlags, NATIVE_SIDECAR_MINOR, has_native_sidecars};
 
 /// The label the chart puts on everything it installs.
 pub const CHART_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kube-mtls");
+
+/// The labels of the pods of the chart's CNI agent DaemonSet (CNI mode).
+pub const CNI_AGENT_LABELS: [(&str, &str); 2] =
+    [CHART_LABEL, ("app.kubernetes.io/component", "cni-agent")];
 
 /// Pod Security Admission's namespace labels (enforce, warn, audit).
 pub const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";

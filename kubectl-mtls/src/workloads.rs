@@ -16,7 +16,7 @@ use crate::certs;
 use crate::check::webhook::sidecar;
 use crate::contract::{
     ClusterView, INIT_NAME, MODE, MtlsProfile, POLICY, Resolved, SIDECAR_NAME, STATUS,
-    WebhookFlags, certificate_name, certificate_resource, resolve,
+    VALIDATE_NAME, WebhookFlags, certificate_name, certificate_resource, resolve,
 };
 use crate::install;
 
@@ -155,7 +155,8 @@ fn owner(p: &Pod) -> (String, String) {
     (o.kind.clone(), o.name.clone())
 }
 
-/// The pod as submitted: without the containers the webhook added.
+/// The pod as submitted: without the containers the webhook added (in
+/// either redirect mode: `kube-mtls-init`, or CNI mode's check).
 fn as_submitted(p: &Pod) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
     for list in ["containers", "initContainers"] {
@@ -163,7 +164,10 @@ fn as_submitted(p: &Pod) -> Value {
             .pointer_mut(&format!("/spec/{list}"))
             .and_then(Value::as_array_mut)
         {
-            cs.retain(|c| c["name"] != SIDECAR_NAME && c["name"] != INIT_NAME);
+            cs.retain(|c| {
+                ![SIDECAR_NAME, INIT_NAME, VALIDATE_NAME]
+                    .contains(&c["name"].as_str().unwrap_or(""))
+            });
         }
     }
     v
@@ -277,4 +281,58 @@ async fn certificate_expiry(
         .await
         .ok()??;
     certs::rfc3339(cert.data.pointer("/status/notAfter")?.as_str()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Defaults, INJECT};
+    use kube_mtls_webhook::admission::{Decision, decide};
+    use kube_mtls_webhook::cli::unset_defaults;
+    use kube_mtls_webhook::patch::apply;
+    use serde_json::json;
+
+    fn names(v: &Value, list: &str) -> Vec<String> {
+        v["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_injected_in_either_mode_reads_back_as_submitted() {
+        let submitted = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "orders", "namespace": "shop", "annotations": {INJECT: "enabled"}},
+            "spec": {"initContainers": [{"name": "migrate", "image": "m"}],
+                "containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 8080}]}]},
+        });
+        for cni in [false, true] {
+            for native in [false, true] {
+                let defaults = Defaults {
+                    cni_mode: cni,
+                    ..unset_defaults(native)
+                };
+                let view = ClusterView::empty();
+                let Decision::Inject(b) = decide(&submitted, "shop", "kube-mtls", &view, &defaults)
+                else {
+                    panic!("not injected");
+                };
+                let injected = apply(&submitted, &b.0.ops).expect("the patch applies");
+                let first = if cni { VALIDATE_NAME } else { INIT_NAME };
+                assert_eq!(names(&injected, "initContainers")[0], first);
+                let pod: Pod = serde_json::from_value(injected).expect("a Pod");
+                let back = as_submitted(&pod);
+                for list in ["initContainers", "containers"] {
+                    assert_eq!(
+                        names(&back, list),
+                        names(&submitted, list),
+                        "cni {cni}, native {native}: {list}"
+                    );
+                }
+            }
+        }
+    }
 }

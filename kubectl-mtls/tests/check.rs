@@ -417,3 +417,147 @@ async fn namespaces_whose_pod_security_refuses_net_admin_fail_before_pods_do() {
         assert_eq!(check::failed(&lines), level == Level::Fail, "{labels}");
     }
 }
+
+/// An opted-in namespace `shop` with these Pod Security labels.
+fn shop(f: &mut Fake, labels: serde_json::Value) {
+    let mut l = labels;
+    l["kubernetes.io/metadata.name"] = json!("shop");
+    l["kube-mtls.io/inject"] = json!("enabled");
+    f.put(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": l}}),
+    );
+}
+
+#[tokio::test]
+async fn in_cni_mode_baseline_and_restricted_namespaces_pass_and_say_why() {
+    for (labels, needle) in [
+        (
+            json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+            "enforces Pod Security restricted",
+        ),
+        (
+            json!({"pod-security.kubernetes.io/enforce": "baseline"}),
+            "enforces Pod Security baseline",
+        ),
+        (
+            json!({"pod-security.kubernetes.io/enforce": "privileged", "pod-security.kubernetes.io/warn": "restricted"}),
+            "enforces Pod Security privileged",
+        ),
+    ] {
+        let (mut f, _ca) = healthy();
+        f.cni_mode();
+        f.node("node-a", "linux");
+        f.cni_agent("node-a", None);
+        shop(&mut f, labels.clone());
+        let lines = run(f.clone()).await;
+        assert_line(&lines, "pod-security/shop", Level::Pass, needle);
+        assert_line(&lines, "pod-security/shop", Level::Pass, "CNI mode");
+        assert_line(&lines, "pod-security/shop", Level::Pass, "NET_ADMIN");
+        assert!(!check::failed(&lines), "{labels}: {lines:#?}");
+        // The same namespace without CNI mode fails (or warns) as before.
+        f.set_webhook_arg("cni-mode", "false");
+        let level = line(&run(f).await, "pod-security/shop").level;
+        assert!(level >= Level::Warn, "{labels}: {level:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_cni_mode_every_node_has_a_line_and_one_without_a_ready_agent_fails() {
+    let (mut f, _ca) = healthy();
+    f.cni_mode();
+    for n in ["node-a", "node-b", "node-c"] {
+        f.node(n, "linux");
+    }
+    f.node("win-1", "windows");
+    f.cni_agent("node-a", None);
+    f.cni_agent("node-b", None);
+    f.cni_agent("node-c", None);
+    let lines = run(f.clone()).await;
+    assert!(!check::failed(&lines), "{lines:#?}");
+    for n in ["node-a", "node-b", "node-c"] {
+        assert_line(
+            &lines,
+            &format!("cni-agent/{n}"),
+            Level::Pass,
+            "kube-mtls-cni is installed and in the node's CNI configuration",
+        );
+    }
+    assert_line(&lines, "cni-agent/win-1", Level::Skip, "windows");
+
+    // One agent crashes, another node has none (its taints are not tolerated).
+    f.cni_agent("node-b", Some("CrashLoopBackOff"));
+    f.remove("/api/v1/namespaces/kube-mtls/pods/kube-mtls-cni-node-c");
+    let lines = run(f).await;
+    assert!(check::failed(&lines));
+    assert_line(&lines, "cni-agent/node-a", Level::Pass, "ready");
+    assert_line(
+        &lines,
+        "cni-agent/node-b",
+        Level::Fail,
+        "agent kube-mtls-cni-node-b is not ready (Running, CrashLoopBackOff)",
+    );
+    assert_line(
+        &lines,
+        "cni-agent/node-b",
+        Level::Fail,
+        "kube-mtls-validate",
+    );
+    let fix = line(&lines, "cni-agent/node-b")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        fix.contains("kubectl -n kube-mtls logs kube-mtls-cni-node-b"),
+        "{fix}"
+    );
+    assert_line(
+        &lines,
+        "cni-agent/node-c",
+        Level::Fail,
+        "no kube-mtls CNI agent runs on this node",
+    );
+    let fix = line(&lines, "cni-agent/node-c")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        fix.contains("describe daemonset kube-mtls-cni") && fix.contains("node node-c"),
+        "{fix}"
+    );
+}
+
+#[tokio::test]
+async fn in_cni_mode_without_the_agent_daemonset_the_check_fails() {
+    let (mut f, _ca) = healthy();
+    f.set_webhook_arg("cni-mode", "true");
+    f.node("node-a", "linux");
+    let lines = run(f).await;
+    assert_line(&lines, "cni-agent", Level::Fail, "no DaemonSet labelled");
+    assert!(
+        line(&lines, "cni-agent")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("cni.enabled=true"))
+    );
+    assert_line(
+        &lines,
+        "cni-agent/node-a",
+        Level::Fail,
+        "no kube-mtls CNI agent",
+    );
+}
+
+#[tokio::test]
+async fn in_the_default_mode_no_node_lines_are_shown() {
+    let (mut f, _ca) = healthy();
+    f.node("node-a", "linux");
+    // Even with the agent's objects present, the webhook decides the mode.
+    f.cni_mode();
+    f.set_webhook_arg("cni-mode", "false");
+    let lines = run(f).await;
+    assert!(
+        lines.iter().all(|l| !l.check.starts_with("cni-agent")),
+        "{lines:#?}"
+    );
+    assert!(!check::failed(&lines), "{lines:#?}");
+}

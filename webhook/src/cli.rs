@@ -7,7 +7,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::builder::Resettable;
-use clap::{Arg, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{
+    Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube_mtls_contract::LogFormat;
 use kube_mtls_contract::names::DEFAULT_TRUST_DOMAIN;
@@ -166,6 +168,22 @@ pub struct InjectionFlags {
     /// server version; inject: true), true or false.
     #[arg(long, env = "KUBE_MTLS_NATIVE_SIDECAR", value_enum, default_value_t)]
     pub native_sidecar: NativeSidecar,
+    /// CNI mode (chart value `cni.enabled`): the kube-mtls CNI plugin sets up
+    /// each injected pod's redirect rules, so no container in the pod has
+    /// NET_ADMIN or NET_RAW (it passes Pod Security `restricted`); an
+    /// unprivileged first init container only checks that the rules are in
+    /// place. No pod annotation or MtlsProfile can turn it off. true or
+    /// false; `--cni-mode` alone is true.
+    #[arg(
+        long,
+        env = "KUBE_MTLS_CNI_MODE",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
+    pub cni_mode: bool,
     /// Mode of pods that set none (annotation `kube-mtls.io/mode`, or their
     /// MtlsProfile): strict (mTLS only) or permissive (plaintext callers too).
     #[arg(long, env = "KUBE_MTLS_DEFAULT_MODE", value_enum, default_value_t)]
@@ -199,6 +217,7 @@ impl InjectionFlags {
             cert_duration: self.cert_duration.clone(),
             cert_renew_before: self.cert_renew_before.clone(),
             native_sidecar,
+            cni_mode: self.cni_mode,
             mode: self.default_mode,
             policy: self.default_policy,
         })
@@ -329,6 +348,33 @@ mod tests {
             e.to_string().starts_with("--issuer (KUBE_MTLS_ISSUER)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cni_mode_takes_a_bare_flag_true_false_or_its_variable() {
+        let cni = |args: &[&str], env: &[(&str, &str)]| serve(args, env).1.injection.cni_mode;
+        assert!(!cni(&["serve"], &[]));
+        assert!(cni(&["serve", "--cni-mode"], &[]));
+        assert!(cni(&["serve", "--cni-mode=true"], &[]));
+        assert!(!cni(&["serve", "--cni-mode=false"], &[]));
+        assert!(cni(&["serve"], &[("KUBE_MTLS_CNI_MODE", "true")]));
+        assert!(!cni(
+            &["serve", "--cni-mode=false"],
+            &[("KUBE_MTLS_CNI_MODE", "true")]
+        ));
+        let argv = ["kube-mtls-webhook", "serve", "--cni-mode=yes"];
+        let e = Cli::try_parse_with_env(argv, |_| None)
+            .err()
+            .expect("not true or false");
+        assert!(e.to_string().contains("--cni-mode"), "{e}");
+        // The flag reaches the settings pods are resolved with.
+        let (_, s) = serve(&["serve", "--cni-mode"], &[]);
+        assert!(
+            s.injection
+                .resolution_defaults(true)
+                .is_ok_and(|d| d.cni_mode)
+        );
+        assert!(!unset_defaults(true).cni_mode);
     }
 
     #[test]

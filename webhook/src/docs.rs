@@ -6,6 +6,10 @@
 
 use clap::CommandFactory;
 use kube_mtls_contract::doc::{fixed_names, flag_table};
+use kube_mtls_contract::names::{
+    CNI_BINARY, CNI_REDIRECT, INIT_BINARY, INIT_NAME, RUN_VOLUME, STATUS, VALIDATE_NAME,
+    VALIDATION_FAILED_EXIT,
+};
 use kube_mtls_contract::{init, sidecar};
 
 use crate::annotations::{DOCUMENTED, PREFIX};
@@ -33,6 +37,7 @@ pub fn contract_page() -> String {
          `kube-mtls.io/issuer`, `kube-mtls.io/duration` and `kube-mtls.io/renew-before`, as resolved at \
          admission. The controller restores the Certificate from these, not from the flags.\n",
     );
+    out.push_str(&cni_mode());
     out.push_str("\n## `kube-mtls-sidecar`\n\n");
     out.push_str(&flag_table(&sidecar::Args::command()));
     out.push_str("\n## `kube-mtls-init`\n\n");
@@ -62,4 +67,21 @@ pub fn contract_page() -> String {
         out.push_str(&format!("| `{PREFIX}{name}` | {meaning} | {default} |\n"));
     }
     out
+}
+
+/// What `--cni-mode` changes in an injected pod.
+fn cni_mode() -> String {
+    format!(
+        "\n## CNI mode\n\n\
+         With `--cni-mode` the CNI plugin `{CNI_BINARY}` installs a pod's redirect rules when its network \
+         is set up, and the pod gets no container with NET_ADMIN or NET_RAW and none that runs as root:\n\n\
+         - instead of `{INIT_NAME}`, its first init container is `{VALIDATE_NAME}`: binary `{INIT_BINARY}` \
+         with the same args plus `--validate`, as the sidecar's UID with every capability dropped. It \
+         exits with code {VALIDATION_FAILED_EXIT} when the rules are not in place; no `{RUN_VOLUME}` volume;\n\
+         - annotation `{CNI_REDIRECT}`: the `{INIT_BINARY}` args (a JSON list of strings) the plugin applies \
+         in the pod's network namespace, exactly what `{INIT_NAME}` would get;\n\
+         - `{STATUS}` says `\"redirect\": \"cni\"` (`\"init\"` otherwise).\n\n\
+         No pod annotation or MtlsProfile turns CNI mode off for a pod; a `{CNI_REDIRECT}` the pod brings \
+         is replaced.\n"
+    )
 }

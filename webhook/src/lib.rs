@@ -1,5 +1,7 @@
-//! The kube-mtls admission webhook: injects the init container and the mTLS
-//! sidecar into opted-in pods, and keeps their identities' certificates.
+//! The kube-mtls admission webhook: injects the init container (in CNI mode,
+//! `--cni-mode`, an unprivileged check that the CNI plugin's rules are in
+//! place) and the mTLS sidecar into opted-in pods, and keeps their
+//! identities' certificates.
 //!
 //! - [`admission`]: the policy (skip, inject, reject) and the AdmissionReview wire format.
 //! - [`annotations`]: `kube-mtls.io/*` annotations; [`resolve`]: the settings they resolve to.

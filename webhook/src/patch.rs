@@ -7,10 +7,15 @@
 //!
 //! Operations that address containers by index come before the ones that
 //! insert containers, so every index refers to the pod as submitted.
+//!
+//! The first init container is `kube-mtls-init`, which installs the redirect
+//! rules with NET_ADMIN and NET_RAW, or in CNI mode `kube-mtls-validate`,
+//! which only checks that the CNI plugin installed them, beside the
+//! `kube-mtls.io/cni-redirect` annotation the plugin reads them from.
 
 use kube_mtls_contract::names::{
-    ADMIN_PORT, CERT_DIR, INBOUND_PORT, INIT_BINARY, OUTBOUND_PORT, PROXY_GID, PROXY_UID,
-    SIDECAR_BINARY, STATUS,
+    ADMIN_PORT, CERT_DIR, CNI_REDIRECT, INBOUND_PORT, INIT_BINARY, OUTBOUND_PORT, PROXY_GID,
+    PROXY_UID, SIDECAR_BINARY, STATUS,
 };
 use kube_mtls_contract::probe::{
     AppProbes, GrpcProbe, HttpGetProbe, ProbeHeader, ProbeTarget, TcpSocketProbe,
@@ -20,7 +25,9 @@ use serde_json::{Value, json};
 
 use crate::resolve::Resolved;
 
-pub use kube_mtls_contract::names::{CERT_VOLUME, INIT_NAME, RUN_VOLUME, SIDECAR_NAME};
+pub use kube_mtls_contract::names::{
+    CERT_VOLUME, INIT_NAME, RUN_VOLUME, SIDECAR_NAME, VALIDATE_NAME,
+};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const PROBES: [(&str, &str); 3] = [
@@ -38,6 +45,9 @@ pub struct Injection {
     pub init: init::Settings,
     /// What the sidecar's args and environment say, before rendering.
     pub sidecar: sidecar::Settings,
+    /// CNI mode: the `kube-mtls.io/cni-redirect` annotation written (the
+    /// init settings' args as a JSON list); `None` in init mode.
+    pub cni_redirect: Option<String>,
 }
 
 /// Escapes a key for a JSON pointer (RFC 6901).
@@ -110,6 +120,29 @@ fn init_container(r: &Resolved, settings: &init::Settings) -> Value {
             "allowPrivilegeEscalation": false,
             "privileged": false,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    })
+}
+
+/// CNI mode's first init container: as unprivileged as the sidecar, it only
+/// checks (`--validate`) that the CNI plugin installed the rules the init
+/// container would have, and exits with VALIDATION_FAILED_EXIT when not.
+fn validate_container(r: &Resolved, settings: &init::Settings) -> Value {
+    json!({
+        "name": VALIDATE_NAME,
+        "image": r.sidecar_image,
+        "command": [INIT_BINARY],
+        "args": validate_args(settings),
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_GID,
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}
         }
     })
@@ -320,29 +353,31 @@ fn rewrite_probes(
     (ops, targets)
 }
 
-/// Builds the operations that inject `r` into `pod`.
-pub fn inject(pod: &Value, r: &Resolved) -> Injection {
-    let mut warnings = Vec::new();
-    let (mut ops, probes) = rewrite_probes(pod, r, &mut warnings);
-    let probe_keys: Vec<String> = probes.keys().cloned().collect();
-    let init_settings = init_settings(r);
-    let sidecar_settings = sidecar_settings(r, probes);
+/// How a pod's traffic gets redirected: the status annotation's `redirect`.
+pub fn redirect_mode(r: &Resolved) -> &'static str {
+    if r.cni_mode { "cni" } else { "init" }
+}
 
-    let init = init_container(r, &init_settings);
-    let sidecar = sidecar_container(r, &sidecar_settings);
+/// The first init container's name: the privileged init, or CNI mode's check.
+pub fn first_init_name(r: &Resolved) -> &'static str {
+    if r.cni_mode { VALIDATE_NAME } else { INIT_NAME }
+}
+
+/// Adds `first` as the first init container, then the sidecar where its mode says.
+fn place_containers(pod: &Value, r: &Resolved, first: Value, sidecar: Value, ops: &mut Vec<Value>) {
     let has_init = pod
         .pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .is_some();
     match (has_init, r.native_sidecar) {
         (false, true) => ops.push(
-            json!({"op": "add", "path": "/spec/initContainers", "value": [init, sidecar.clone()]}),
+            json!({"op": "add", "path": "/spec/initContainers", "value": [first, sidecar.clone()]}),
         ),
         (false, false) => {
-            ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}))
+            ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [first]}))
         }
         (true, native) => {
-            ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+            ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": first}));
             if native {
                 ops.push(json!({"op": "add", "path": "/spec/initContainers/1", "value": sidecar.clone()}));
             }
@@ -351,11 +386,21 @@ pub fn inject(pod: &Value, r: &Resolved) -> Injection {
     if !r.native_sidecar {
         ops.push(json!({"op": "add", "path": "/spec/containers/0", "value": sidecar}));
     }
+}
 
-    let volumes = [
+/// The volumes the injection adds: the certificates, and in init mode the
+/// init container's xtables lock directory.
+fn volumes(r: &Resolved) -> Vec<Value> {
+    let mut v = vec![
         json!({"name": CERT_VOLUME, "secret": {"secretName": r.secret_name(), "defaultMode": 0o444}}),
-        json!({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ];
+    if !r.cni_mode {
+        v.push(json!({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}));
+    }
+    v
+}
+
+fn add_volumes(pod: &Value, volumes: Vec<Value>, ops: &mut Vec<Value>) {
     if pod
         .pointer("/spec/volumes")
         .and_then(Value::as_array)
@@ -367,50 +412,137 @@ pub fn inject(pod: &Value, r: &Resolved) -> Injection {
     } else {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     }
+}
 
-    let status = json!({
-        "version": VERSION,
-        "identity": r.identity(),
-        "secret": r.secret_name(),
-        "mode": r.mode.as_str(),
-        "policy": r.policy.as_str(),
-        "initContainers": if r.native_sidecar { json!([INIT_NAME, SIDECAR_NAME]) } else { json!([INIT_NAME]) },
-        "containers": if r.native_sidecar { json!([]) } else { json!([SIDECAR_NAME]) },
-        "volumes": [CERT_VOLUME, RUN_VOLUME],
-        "probes": probe_keys,
-    })
-    .to_string();
+/// Adds the annotations `values` (an existing key is replaced, so a pod
+/// cannot bring its own value), whether or not the pod has annotations or
+/// metadata yet.
+fn add_annotations(pod: &Value, values: &[(&str, String)], ops: &mut Vec<Value>) {
     if pod
         .pointer("/metadata/annotations")
         .and_then(Value::as_object)
         .is_some()
     {
-        ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(STATUS)), "value": status}));
-    } else if pod.get("metadata").is_some_and(Value::is_object) {
-        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {STATUS: status}}));
-    } else {
-        ops.push(
-            json!({"op": "add", "path": "/metadata", "value": {"annotations": {STATUS: status}}}),
-        );
+        for (key, value) in values {
+            let path = format!("/metadata/annotations/{}", escape(key));
+            ops.push(json!({"op": "add", "path": path, "value": value}));
+        }
+        return;
     }
+    let map: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    if pod.get("metadata").is_some_and(Value::is_object) {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/metadata", "value": {"annotations": map}}));
+    }
+}
+
+/// The status annotation: what was injected, and how traffic is redirected.
+fn status(r: &Resolved, volumes: &[Value], probe_keys: &[String]) -> String {
+    let first = first_init_name(r);
+    let volume_names: Vec<&Value> = volumes.iter().map(|v| &v["name"]).collect();
+    json!({
+        "version": VERSION,
+        "identity": r.identity(),
+        "secret": r.secret_name(),
+        "mode": r.mode.as_str(),
+        "policy": r.policy.as_str(),
+        "redirect": redirect_mode(r),
+        "initContainers": if r.native_sidecar { json!([first, SIDECAR_NAME]) } else { json!([first]) },
+        "containers": if r.native_sidecar { json!([]) } else { json!([SIDECAR_NAME]) },
+        "volumes": volume_names,
+        "probes": probe_keys,
+    })
+    .to_string()
+}
+
+/// The args of CNI mode's check: the init settings' args, and `--validate`.
+pub fn validate_args(settings: &init::Settings) -> Vec<String> {
+    let mut args = settings.render().args;
+    args.push("--validate".to_owned());
+    args
+}
+
+/// The `kube-mtls.io/cni-redirect` value: the init settings' args as a JSON list.
+pub fn cni_redirect(settings: &init::Settings) -> String {
+    Value::from(settings.render().args).to_string()
+}
+
+/// Builds the operations that inject `r` into `pod`.
+pub fn inject(pod: &Value, r: &Resolved) -> Injection {
+    let mut warnings = Vec::new();
+    let (mut ops, probes) = rewrite_probes(pod, r, &mut warnings);
+    let probe_keys: Vec<String> = probes.keys().cloned().collect();
+    let init_settings = init_settings(r);
+    let sidecar_settings = sidecar_settings(r, probes);
+
+    let first = if r.cni_mode {
+        validate_container(r, &init_settings)
+    } else {
+        init_container(r, &init_settings)
+    };
+    let sidecar = sidecar_container(r, &sidecar_settings);
+    place_containers(pod, r, first, sidecar, &mut ops);
+    let volumes = volumes(r);
+    let status = status(r, &volumes, &probe_keys);
+    add_volumes(pod, volumes, &mut ops);
+    let cni_redirect = r.cni_mode.then(|| cni_redirect(&init_settings));
+    let mut annotations = vec![(STATUS, status)];
+    if let Some(args) = &cni_redirect {
+        annotations.push((CNI_REDIRECT, args.clone()));
+    }
+    add_annotations(pod, &annotations, &mut ops);
     Injection {
         ops,
         warnings,
         init: init_settings,
         sidecar: sidecar_settings,
+        cni_redirect,
     }
+}
+
+/// `args` through `kube-mtls-init`'s parser and validation; `Err` names `what`.
+fn init_parses(
+    what: &str,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<init::Args, String> {
+    let parsed = kube_mtls_contract::parse_container::<init::Args>(INIT_BINARY, args, env)
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            init::Settings::from_args(&a)
+                .map(|_| a)
+                .map_err(|e| e.to_string())
+        });
+    parsed.map_err(|e| format!("{what}: {}", e.trim()))
 }
 
 /// Reads the init container's and the sidecar's rendered args back through
 /// their own parsers and validation (the contract's), so that a pod is never
-/// admitted with settings its sidecar would refuse at start. `Err` names the
-/// container and the flag.
+/// admitted with settings its sidecar would refuse at start. In CNI mode the
+/// check's args (with `--validate`) and the `kube-mtls.io/cni-redirect` list
+/// the CNI plugin applies are read back too. `Err` names the container (or
+/// annotation) and the flag.
 pub fn parse_back(injection: &Injection) -> Result<(), String> {
     let init = injection.init.render();
-    kube_mtls_contract::parse_container::<init::Args>(INIT_BINARY, &init.args, &init.env)
-        .map_err(|e| e.to_string())
-        .and_then(|a| init::Settings::from_args(&a).map_err(|e| e.to_string()))
-        .map_err(|e| format!("{INIT_NAME}: {}", e.trim()))?;
+    init_parses(INIT_NAME, &init.args, &init.env)?;
+    if let Some(redirect) = &injection.cni_redirect {
+        let args: Vec<String> = serde_json::from_str(redirect)
+            .map_err(|e| format!("{CNI_REDIRECT}: not a JSON list of strings: {e}"))?;
+        let plan = init_parses(CNI_REDIRECT, &args, &[])?;
+        if plan.cleanup || plan.dry_run || plan.validate {
+            return Err(format!(
+                "{CNI_REDIRECT}: the rules to install, not --cleanup, --dry-run or --validate"
+            ));
+        }
+        let check = init_parses(VALIDATE_NAME, &validate_args(&injection.init), &init.env)?;
+        if !check.validate {
+            return Err(format!("{VALIDATE_NAME}: --validate is not set"));
+        }
+    }
     let side = injection.sidecar.render();
     kube_mtls_contract::parse_container::<sidecar::Args>(SIDECAR_BINARY, &side.args, &side.env)
         .map_err(|e| e.to_string())
@@ -419,17 +551,22 @@ pub fn parse_back(injection: &Injection) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the pod already carries our injection (resubmission, reinvocation).
+/// Whether the pod already carries our injection (resubmission, reinvocation),
+/// in either redirect mode.
 pub fn already_injected(pod: &Value) -> bool {
     let has_status = pod
         .pointer(&format!("/metadata/annotations/{}", escape(STATUS)))
         .is_some();
+    let ours = [SIDECAR_NAME, VALIDATE_NAME];
     let named = |path: &str| {
         pod.pointer(path)
             .and_then(Value::as_array)
             .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
+                cs.iter().any(|c| {
+                    c.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| ours.contains(&n))
+                })
             })
     };
     has_status || named("/spec/containers") || named("/spec/initContainers")
@@ -452,9 +589,30 @@ mod tests {
     use crate::resolve::resolve;
 
     fn injected(p: &Value, native: bool) -> (Value, Injection) {
-        let (r, _) = resolve(p, NS, &ClusterView::empty(), &defaults(native)).expect("resolves");
+        injected_with(p, &defaults(native))
+    }
+
+    fn injected_with(p: &Value, d: &crate::resolve::Defaults) -> (Value, Injection) {
+        let (r, _) = resolve(p, NS, &ClusterView::empty(), d).expect("resolves");
         let injection = inject(p, &r);
         (apply(p, &injection.ops).expect("applies"), injection)
+    }
+
+    /// A webhook's settings with `--cni-mode`.
+    fn cni(native: bool) -> crate::resolve::Defaults {
+        crate::resolve::Defaults {
+            cni_mode: true,
+            ..defaults(native)
+        }
+    }
+
+    /// Every container the pod runs, init containers first.
+    fn all_containers(p: &Value) -> Vec<&Value> {
+        ["initContainers", "containers"]
+            .iter()
+            .filter_map(|l| p["spec"][l].as_array())
+            .flatten()
+            .collect()
     }
 
     fn names(list: &Value) -> Vec<&str> {
@@ -587,5 +745,142 @@ mod tests {
         );
         assert!(already_injected(&patched));
         assert!(!already_injected(&p));
+    }
+
+    #[test]
+    fn cni_mode_puts_the_unprivileged_check_first_in_either_placement() {
+        let with_init = pod()
+            .init_containers(vec![container("migrate").build()])
+            .build();
+        let cases = [
+            (pod().build(), true, vec![VALIDATE_NAME, SIDECAR_NAME]),
+            (pod().build(), false, vec![VALIDATE_NAME]),
+            (
+                with_init.clone(),
+                true,
+                vec![VALIDATE_NAME, SIDECAR_NAME, "migrate"],
+            ),
+            (with_init, false, vec![VALIDATE_NAME, "migrate"]),
+        ];
+        for (p, native, want) in cases {
+            let (patched, injection) = injected_with(&p, &cni(native));
+            assert_eq!(names(&patched["spec"]["initContainers"]), want);
+            let check = &patched["spec"]["initContainers"][0];
+            let args = injection.init.render().args;
+            assert_eq!(
+                check["args"],
+                json!([args.clone(), vec!["--validate".to_owned()]].concat())
+            );
+            assert_eq!(check["command"], json!([INIT_BINARY]));
+            assert!(check.get("volumeMounts").is_none(), "{check}");
+            let sc = &check["securityContext"];
+            assert_eq!(
+                (sc["runAsUser"].as_u64(), sc["runAsGroup"].as_u64()),
+                (Some(PROXY_UID.into()), Some(PROXY_GID.into()))
+            );
+            assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+            for c in all_containers(&patched) {
+                let sc = &c["securityContext"];
+                assert!(sc["capabilities"].get("add").is_none(), "{c}");
+                assert_ne!(sc["runAsUser"], 0, "{c}");
+                assert_ne!(c["name"], INIT_NAME);
+            }
+            assert!(!names(&patched["spec"]["volumes"]).contains(&RUN_VOLUME));
+            let ann = &patched["metadata"]["annotations"];
+            let written: Vec<String> =
+                serde_json::from_str(ann[CNI_REDIRECT].as_str().expect("cni-redirect"))
+                    .expect("a JSON list");
+            assert_eq!(written, args);
+            let (init_mode, _) = injected(&p, native);
+            assert_eq!(
+                json!(written),
+                init_mode["spec"]["initContainers"][0]["args"],
+                "exactly what {INIT_NAME} gets in init mode"
+            );
+            let status: Value =
+                serde_json::from_str(ann[STATUS].as_str().expect("status")).expect("JSON");
+            assert_eq!(status["redirect"], "cni");
+            assert_eq!(status["initContainers"][0], VALIDATE_NAME);
+            assert_eq!(status["volumes"], json!([CERT_VOLUME]));
+            assert!(already_injected(&patched));
+            assert_eq!(parse_back(&injection), Ok(()));
+        }
+        let (default, _) = injected(&pod().build(), true);
+        let status: Value = serde_json::from_str(
+            default["metadata"]["annotations"][STATUS]
+                .as_str()
+                .expect("status"),
+        )
+        .expect("JSON");
+        assert_eq!(status["redirect"], "init");
+        assert!(
+            default["metadata"]["annotations"]
+                .get(CNI_REDIRECT)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_pod_cannot_take_cni_mode_back_or_bring_its_own_redirect() {
+        let p = pod()
+            .annotate("native-sidecar", "false")
+            .annotate("cni-mode", "false")
+            .annotate("cni-redirect", r#"["--proxy-uid=1000"]"#)
+            .build();
+        let (patched, injection) = injected_with(&p, &cni(true));
+        assert_eq!(names(&patched["spec"]["initContainers"]), [VALIDATE_NAME]);
+        assert_eq!(
+            patched["metadata"]["annotations"][CNI_REDIRECT],
+            json!(cni_redirect(&injection.init)),
+            "the webhook's value replaces the pod's"
+        );
+        assert!(
+            !patched["metadata"]["annotations"][CNI_REDIRECT]
+                .to_string()
+                .contains("1000")
+        );
+        // Without any metadata, both annotations still arrive.
+        let bare = json!({"spec": pod().build()["spec"].clone()});
+        let (r, _) = resolve(&bare, NS, &ClusterView::empty(), &cni(true)).expect("resolves");
+        let out = apply(&bare, &inject(&bare, &r).ops).expect("applies");
+        assert!(
+            out["metadata"]["annotations"][CNI_REDIRECT].is_string(),
+            "{out}"
+        );
+        assert!(out["metadata"]["annotations"][STATUS].is_string(), "{out}");
+    }
+
+    #[test]
+    fn a_cni_pod_is_recognised_as_injected_even_without_its_status() {
+        let (patched, _) = injected_with(&pod().build(), &cni(false));
+        let mut stripped = patched.clone();
+        if let Some(a) = stripped["metadata"]["annotations"].as_object_mut() {
+            a.remove(STATUS);
+        }
+        stripped["spec"]["containers"] = json!([container("app").build()]);
+        assert!(already_injected(&stripped), "the check alone marks it");
+    }
+
+    #[test]
+    fn parse_back_names_a_redirect_annotation_the_init_would_refuse() {
+        let (_, mut injection) = injected_with(&pod().build(), &cni(true));
+        injection.cni_redirect = Some("--inbound-ports=8080".into());
+        let e = parse_back(&injection).expect_err("not a JSON list");
+        assert!(
+            e.starts_with(CNI_REDIRECT) && e.contains("JSON list"),
+            "{e}"
+        );
+        injection.cni_redirect = Some(r#"["--proxy-uid=0"]"#.into());
+        let e = parse_back(&injection).expect_err("UID 0");
+        assert!(
+            e.starts_with(CNI_REDIRECT) && e.contains("proxy-uid"),
+            "{e}"
+        );
+        injection.cni_redirect = Some(r#"["--cleanup"]"#.into());
+        let e = parse_back(&injection).expect_err("not an install");
+        assert!(e.contains("--cleanup"), "{e}");
     }
 }

@@ -4,12 +4,13 @@
 //! into every golden case and for every documented annotation, are read back
 //! in process through `kube-mtls-init`'s and `kube-mtls-sidecar`'s own
 //! argument parsers and validation (the sidecar's certificate files are the
-//! only thing swapped, for a directory that has them). Where the webhook's
-//! typed settings are at hand, the settings read back must equal them.
+//! only thing swapped, for a directory that has them). So are CNI mode's
+//! check (`--validate`) and its `kube-mtls.io/cni-redirect` list. Where the
+//! webhook's typed settings are at hand, the settings read back must equal them.
 
 use std::path::{Path, PathBuf};
 
-use kube_mtls_contract::names::{CERT_FILES, INIT_NAME, SIDECAR_NAME};
+use kube_mtls_contract::names::{CERT_FILES, CNI_REDIRECT, INIT_NAME, SIDECAR_NAME, VALIDATE_NAME};
 use kube_mtls_contract::{init, parse_container, sidecar};
 use kube_mtls_webhook::admission::{Decision, decide};
 use kube_mtls_webhook::annotations::{DOCUMENTED, INJECT, PREFIX};
@@ -18,6 +19,7 @@ use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::offline::{self, Options};
 use kube_mtls_webhook::patch;
 use kube_mtls_webhook::profile::{MtlsProfile, MtlsProfileSpec};
+use kube_mtls_webhook::resolve::Defaults;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,6 +49,47 @@ fn init_accepts(c: &Value) -> init::Settings {
         .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?} {env:?}: {e}"));
     kube_mtls_init::config::Config::from_args(&parsed)
         .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?}: {e}"))
+}
+
+/// CNI mode's check through `kube-mtls-init`'s own parser and validation:
+/// it runs `--validate`, with the settings of the same args without it.
+fn check_accepts(c: &Value) -> init::Settings {
+    let (args, env) = command_line(c);
+    let parsed: kube_mtls_init::config::Args = parse_container(INIT_NAME, &args, &env)
+        .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?} {env:?}: {e}"));
+    assert!(
+        parsed.validate && !parsed.cleanup && !parsed.dry_run,
+        "{args:?}"
+    );
+    let without = args.iter().filter(|a| *a != "--validate").count();
+    assert_eq!(without + 1, args.len(), "--validate once: {args:?}");
+    kube_mtls_init::config::Config::from_args(&parsed)
+        .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?}: {e}"))
+}
+
+/// The `kube-mtls.io/cni-redirect` list through `kube-mtls-init`'s own
+/// parser and validation: what the CNI plugin installs.
+fn redirect_accepts(annotations: &Value) -> init::Settings {
+    let text = annotations[CNI_REDIRECT]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {CNI_REDIRECT} in {annotations}"));
+    let args: Vec<String> = serde_json::from_str(text).expect("a JSON list of strings");
+    let parsed: kube_mtls_init::config::Args = parse_container(INIT_NAME, &args, &[])
+        .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?}: {e}"));
+    assert!(
+        !parsed.validate && !parsed.cleanup && !parsed.dry_run,
+        "{args:?}"
+    );
+    kube_mtls_init::config::Config::from_args(&parsed)
+        .unwrap_or_else(|e| panic!("kube-mtls-init refuses {args:?}: {e}"))
+}
+
+/// The webhook's settings given no flags but `--cni-mode=<cni>`.
+fn defaults(native: bool, cni: bool) -> Defaults {
+    Defaults {
+        cni_mode: cni,
+        ..unset_defaults(native)
+    }
 }
 
 /// The sidecar's command line through `kube-mtls-sidecar`'s own parser and
@@ -123,19 +166,25 @@ fn every_golden_case_writes_containers_their_binaries_accept() {
             continue;
         }
         let input = std::fs::read_to_string(&path).expect("read");
-        for native in [true, false] {
+        for (native, cni) in [(true, false), (false, false), (true, true), (false, true)] {
             let (out, _) =
-                offline::inject_yaml(&input, &unset_defaults(native), &Options::default())
+                offline::inject_yaml(&input, &defaults(native, cni), &Options::default())
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut specs = Vec::new();
             for doc in serde_yaml::Deserializer::from_str(&out) {
                 pod_specs(&Value::deserialize(doc).expect("YAML"), &mut specs);
             }
             for spec in specs {
-                let Some(init) = named(&spec, "initContainers", INIT_NAME) else {
+                let first = if cni { VALIDATE_NAME } else { INIT_NAME };
+                let Some(init) = named(&spec, "initContainers", first) else {
                     continue;
                 };
-                init_accepts(init);
+                assert_eq!(spec["initContainers"][0]["name"], first, "{name}");
+                if cni {
+                    check_accepts(init);
+                } else {
+                    init_accepts(init);
+                }
                 let side = named(&spec, "initContainers", SIDECAR_NAME)
                     .or_else(|| named(&spec, "containers", SIDECAR_NAME))
                     .unwrap_or_else(|| panic!("{name}: an init container without a sidecar"));
@@ -145,7 +194,7 @@ fn every_golden_case_writes_containers_their_binaries_accept() {
         }
     }
     assert!(
-        checked >= 12,
+        checked >= 24,
         "only {checked} injected pods in the golden cases"
     );
 }
@@ -241,18 +290,30 @@ fn every_annotation_writes_containers_their_binaries_accept_with_the_settings_it
     let view = view();
     for (name, values) in SAMPLES {
         for value in *values {
-            for native in [true, false] {
+            for (native, cni) in [(true, false), (false, false), (true, true), (false, true)] {
                 let pod = app_pod(json!({INJECT: "enabled", format!("{PREFIX}{name}"): value}));
                 let Decision::Inject(b) =
-                    decide(&pod, "shop", "kube-mtls", &view, &unset_defaults(native))
+                    decide(&pod, "shop", "kube-mtls", &view, &defaults(native, cni))
                 else {
                     panic!("{PREFIX}{name}: {value:?} was not injected");
                 };
                 let (injection, _) = *b;
                 let patched = patch::apply(&pod, &injection.ops).expect("the patch applies");
                 let spec = &patched["spec"];
-                let init = named(spec, "initContainers", INIT_NAME).expect("init container");
-                assert_eq!(init_accepts(init), injection.init, "{name}={value}");
+                if cni {
+                    let check = named(spec, "initContainers", VALIDATE_NAME).expect("the check");
+                    assert_eq!(check_accepts(check), injection.init, "{name}={value}");
+                    let annotations = &patched["metadata"]["annotations"];
+                    assert_eq!(
+                        redirect_accepts(annotations),
+                        injection.init,
+                        "{name}={value}"
+                    );
+                    assert!(named(spec, "initContainers", INIT_NAME).is_none());
+                } else {
+                    let init = named(spec, "initContainers", INIT_NAME).expect("init container");
+                    assert_eq!(init_accepts(init), injection.init, "{name}={value}");
+                }
                 let side = named(spec, "initContainers", SIDECAR_NAME)
                     .or_else(|| named(spec, "containers", SIDECAR_NAME))
                     .expect("sidecar");

@@ -1,6 +1,8 @@
 //! Golden tests: realistic manifests through the real `kube-mtls-webhook inject`
 //! binary, compared with the committed expected output, re-injected to prove
 //! idempotence, and validated in strict mode against the Kubernetes schema.
+//! An input with a sibling `<name>.args` is injected with those flags (one a
+//! line), e.g. `cni-mode-restricted.args` holds `--cni-mode`.
 //!
 //! `KUBE_MTLS_BLESS=1 cargo test -p kube-mtls-webhook --test golden` rewrites the
 //! expected files after a deliberate change; review the diff before committing.
@@ -15,15 +17,36 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// The extra `inject` flags of a golden input: its sibling `<name>.args`, one
+/// flag a line (e.g. `--cni-mode`); none without one.
+fn args_for(input: &Path) -> Vec<String> {
+    std::fs::read_to_string(input.with_extension("args"))
+        .map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `kube-mtls-webhook inject` on a golden input, with its `.args`.
 fn inject(input: &Path) -> String {
+    inject_with(input, &args_for(input))
+}
+
+fn inject_with(input: &Path, args: &[String]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-mtls-webhook"))
-        .args(["--log-format", "text", "inject", "-f"])
+        .args(["--log-format", "text", "inject"])
+        .args(args)
+        .arg("-f")
         .arg(input)
         .output()
         .expect("run kube-mtls-webhook inject");
     assert!(
         out.status.success(),
-        "inject {}: {}",
+        "inject {} {args:?}: {}",
         input.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -111,7 +134,7 @@ fn inputs() -> Vec<PathBuf> {
         })
         .collect();
     v.sort();
-    assert!(v.len() >= 7, "golden inputs missing");
+    assert!(v.len() >= 8, "golden inputs missing");
     v
 }
 
@@ -144,7 +167,7 @@ fn outputs_match_the_golden_files_and_reinjection_changes_nothing() {
         let again_in = dir.path().join("again.yaml");
         std::fs::write(&again_in, &out).unwrap();
         assert_eq!(
-            docs(&inject(&again_in)),
+            docs(&inject_with(&again_in, &args_for(&input))),
             docs(&out),
             "{}: second injection changed the output",
             input.display()
@@ -304,6 +327,65 @@ fn injected_pods_are_what_a_user_wants() {
 
     let input = docs(&std::fs::read_to_string(golden_dir().join("unchanged.yaml")).unwrap());
     assert_eq!(docs(&inject(&golden_dir().join("unchanged.yaml"))), input);
+}
+
+#[test]
+fn in_cni_mode_the_check_comes_first_and_the_plugin_gets_the_init_args() {
+    let input = golden_dir().join("cni-mode-restricted.yaml");
+    assert_eq!(args_for(&input), ["--cni-mode"]);
+    let cni = docs(&inject(&input));
+    let init_mode = docs(&inject_with(&input, &[]));
+    let (checkout, ledger) = (pod_specs(&cni[0]).unwrap(), pod_specs(&cni[1]).unwrap());
+    assert_eq!(
+        names(checkout.get("initContainers")),
+        ["kube-mtls-validate", "kube-mtls-sidecar"]
+    );
+    assert_eq!(
+        names(ledger.get("initContainers")),
+        ["kube-mtls-validate", "wait-for-db"],
+        "the check stays first before the app's init containers"
+    );
+    assert_eq!(
+        names(ledger.get("containers")),
+        ["kube-mtls-sidecar", "ledger"]
+    );
+    for (i, doc) in cni.iter().take(2).enumerate() {
+        let spec = pod_specs(doc).unwrap();
+        let check = &spec["initContainers"][0];
+        let args: Vec<&str> = check["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args.last(), Some(&"--validate"), "{check}");
+        assert_eq!(check["securityContext"]["runAsUser"], 15337);
+        assert_eq!(
+            names(spec.get("volumes")),
+            ["kube-mtls-certs"],
+            "no xtables volume"
+        );
+        // The plugin's args are exactly the init container's in init mode,
+        // and the pod's own value was replaced.
+        let template = doc.pointer("/spec/template/metadata/annotations").unwrap();
+        let redirect: Value =
+            serde_json::from_str(template["kube-mtls.io/cni-redirect"].as_str().unwrap()).unwrap();
+        let init_spec = pod_specs(&init_mode[i]).unwrap();
+        assert_eq!(init_spec["initContainers"][0]["name"], "kube-mtls-init");
+        assert_eq!(redirect, init_spec["initContainers"][0]["args"]);
+        assert_eq!(json_args(&redirect).len() + 1, args.len());
+        let status: Value =
+            serde_json::from_str(template["kube-mtls.io/status"].as_str().unwrap()).unwrap();
+        assert_eq!(status["redirect"], "cni");
+    }
+}
+
+fn json_args(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 #[test]

@@ -7,9 +7,11 @@
 //! - [`webhook`]: the webhook's replicas, a dry-run admission, the caBundle and
 //!   the serving certificate.
 //! - [`selectors`]: what the webhook configuration sends to the webhook.
+//! - [`nodes`]: in CNI mode, the CNI agent on every node.
 //! - [`namespaces`]: Pod Security of every opted-in namespace.
 
 pub mod namespaces;
+pub mod nodes;
 pub mod platform;
 pub mod selectors;
 pub mod webhook;
@@ -162,6 +164,7 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Vec<Line>, kube::Err
     lines.push(platform::crd(&c).await);
     lines.extend(webhook::all(&c, opts).await);
     lines.extend(selectors::check(&c));
+    lines.extend(nodes::cni_agents(&c).await);
     lines.extend(namespaces::pod_security(&c));
     Ok(lines)
 }

@@ -44,6 +44,14 @@ pub struct Fake {
 }
 
 pub const NOW_2030: i64 = 1_893_456_000;
+/// The chart's webhook Deployment.
+pub const WEBHOOK_DEPLOYMENT: &str =
+    "/apis/apps/v1/namespaces/kube-mtls/deployments/kube-mtls-webhook";
+
+/// The labels of the chart's CNI agent pods (charts/kube-mtls/templates/cni-daemonset.yaml).
+pub fn cni_agent_labels() -> Value {
+    json!({"app.kubernetes.io/name": "kube-mtls", "app.kubernetes.io/instance": "kube-mtls", "app.kubernetes.io/component": "cni-agent"})
+}
 /// What the chart's webhook injects (deploy/kube-mtls.yaml, `--sidecar-image`).
 pub const SIDECAR_IMAGE: &str = "ghcr.io/kube-mtls/kube-mtls-sidecar:0.1.0";
 
@@ -142,6 +150,51 @@ impl Fake {
             .objects
             .get_mut(path)
             .unwrap_or_else(|| panic!("no object at {path}")));
+    }
+
+    /// Sets the webhook container's `--<flag>=<value>` arg (replacing the
+    /// chart's, or added when the chart writes none).
+    pub fn set_webhook_arg(&mut self, flag: &str, value: &str) {
+        self.edit(WEBHOOK_DEPLOYMENT, |d| {
+            let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array_mut()
+                .expect("the webhook's args");
+            let prefix = format!("--{flag}=");
+            args.retain(|a| !a.as_str().is_some_and(|s| s.starts_with(&prefix)));
+            args.push(json!(format!("{prefix}{value}")));
+        });
+    }
+
+    /// CNI mode as `helm install --set cni.enabled=true` leaves it: the
+    /// webhook's `--cni-mode=true` and the agent DaemonSet (no pods yet).
+    pub fn cni_mode(&mut self) {
+        self.set_webhook_arg("cni-mode", "true");
+        self.put(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "kube-mtls-cni", "namespace": "kube-mtls", "labels": cni_agent_labels()},
+            "spec": {"selector": {"matchLabels": cni_agent_labels()}, "template": {"metadata": {"labels": cni_agent_labels()},
+                "spec": {"containers": [{"name": "cni-agent", "image": SIDECAR_IMAGE}]}}}}));
+    }
+
+    /// A node; `os` is its `kubernetes.io/os` label.
+    pub fn node(&mut self, name: &str, os: &str) {
+        self.put(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/os": os, "kubernetes.io/hostname": name}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+    }
+
+    /// The CNI agent's pod on `node`, Ready or waiting with `reason`.
+    pub fn cni_agent(&mut self, node: &str, waiting: Option<&str>) {
+        let (ready, state) = match waiting {
+            None => ("True", json!({"running": {}})),
+            Some(reason) => ("False", json!({"waiting": {"reason": reason}})),
+        };
+        self.put(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("kube-mtls-cni-{node}"), "namespace": "kube-mtls", "labels": cni_agent_labels(),
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kube-mtls-cni", "uid": "u", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "cni-agent", "image": SIDECAR_IMAGE}]},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": ready}],
+                "containerStatuses": [{"name": "cni-agent", "image": SIDECAR_IMAGE, "imageID": "", "ready": ready == "True", "restartCount": 0, "state": state}]}}));
     }
 
     pub fn set_ca_bundle(&mut self, pem: &str) {

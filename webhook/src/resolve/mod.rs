@@ -35,6 +35,9 @@ pub struct Defaults {
     pub cert_duration: String,
     pub cert_renew_before: String,
     pub native_sidecar: bool,
+    /// `--cni-mode`: the CNI plugin redirects, the pod gets only the
+    /// unprivileged check. Nothing in a pod or profile changes it.
+    pub cni_mode: bool,
     /// For pods that set no mode.
     pub mode: MtlsMode,
     /// For pods that set no policy.
@@ -60,6 +63,8 @@ pub struct Resolved {
     pub resources: Value,
     pub profile: Option<String>,
     pub native_sidecar: bool,
+    /// The webhook's `--cni-mode`, as it is: a pod cannot weaken it.
+    pub cni_mode: bool,
     pub trust_domain: String,
     pub cert_duration: String,
     pub cert_renew_before: String,
@@ -194,6 +199,7 @@ pub fn resolve(
         resources,
         profile: input.profile_name,
         native_sidecar,
+        cni_mode: defaults.cni_mode,
         trust_domain: ids.trust_domain,
         cert_duration: cert.duration,
         cert_renew_before: cert.renew_before,
