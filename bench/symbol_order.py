@@ -18,6 +18,7 @@ scripts/symbol-order.sh, which builds both.
 import argparse
 import bisect
 import hashlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,19 @@ WORKLOAD = (
 
 
 def stamp():
-    """What the symbol names depend on besides the code: the locked crates
-    (checked by scripts/check-generated.sh) and the compiler (said only)."""
-    lock = hashlib.sha256((run.ROOT / "Cargo.lock").read_bytes()).hexdigest()
-    return f"# Cargo.lock sha256 {lock}"
+    """What the symbol names depend on besides the code: the crates, versions
+    and features of the sidecar's own build (checked by
+    scripts/check-generated.sh) and the compiler (said only). Only the
+    sidecar's dependency tree counts, so a crate added elsewhere in the
+    workspace leaves the list valid."""
+    tree = subprocess.run(
+        ["cargo", "tree", "--locked", "--offline", "-p", "kube-mtls-sidecar", "-e", "normal,build",
+         "--prefix", "none", "-f", "{p} {f}"],
+        cwd=run.ROOT, check=True, capture_output=True, text=True).stdout
+    # Workspace crates print their path, which differs between checkouts.
+    lines = sorted({re.sub(r" \(/[^)]*\)", "", line).replace(" (*)", "") for line in tree.splitlines()})
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return f"# sidecar dependency tree sha256 {digest}"
 
 
 def compiler():
@@ -116,7 +126,7 @@ def main():
     parser.add_argument("--out", type=Path, default=run.ROOT / "sidecar" / "symbol-order.txt")
     parser.add_argument("--map", type=Path, help="the linker map of the sidecar binary (lld -Map)")
     parser.add_argument("--print-stamp", action="store_true",
-                        help="print the line that says which Cargo.lock the list was made for, and exit")
+                        help="print the line that says which dependency tree of the sidecar the list was made for, and exit")
     args = parser.parse_args()
     if args.print_stamp:
         print(stamp())

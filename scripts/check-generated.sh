@@ -16,9 +16,9 @@ while IFS= read -r -d '' f; do
 done < <(find "$fresh" -type f -print0)
 
 # The sidecar's symbol order is made from a profile (minutes, valgrind), not
-# here; it names functions of the locked crates, so it must follow Cargo.lock.
+# here; it names functions of the sidecar's dependency tree, so it must follow it.
 if [ "$(head -n 1 sidecar/symbol-order.txt)" != "$(python3 bench/symbol_order.py --print-stamp)" ]; then
-  echo "stale generated file: sidecar/symbol-order.txt was made for another Cargo.lock (run scripts/symbol-order.sh and commit the result)" >&2
+  echo "stale generated file: sidecar/symbol-order.txt was made for another dependency tree of the sidecar (run scripts/symbol-order.sh and commit the result)" >&2
   status=1
 fi
 exit $status

@@ -3,7 +3,7 @@
 # linker to pack together (sidecar/build.rs says why; bench/symbol_order.py
 # how). Links the release sidecar once more with a linker map, runs it under
 # valgrind through a sidecar's work, and names what ran from the map. Run it
-# after a change to Cargo.lock (`make generated-check` says when) or to the
+# after a change to the sidecar's dependencies (`make generated-check` says when) or to the
 # Rust toolchain; the next release build links in the new order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
