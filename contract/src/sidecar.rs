@@ -48,6 +48,12 @@ pub struct Args {
     #[arg(long, env = "KUBE_MTLS_CERT_DIR", default_value = CERT_DIR)]
     pub cert_dir: PathBuf,
 
+    /// PEM file of every CA certificate peers' certificates may chain to
+    /// (inbound clients and outbound servers), reloaded when it changes.
+    /// Empty: trust `<cert-dir>/ca.crt`, the CA that issued this pod's own certificate.
+    #[arg(long, env = "KUBE_MTLS_TRUST_BUNDLE", default_value = "")]
+    pub trust_bundle: String,
+
     /// SPIFFE trust domain of this pod.
     #[arg(long, env = "KUBE_MTLS_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -238,6 +244,8 @@ pub struct Settings {
     pub outbound_port: u16,
     pub admin_port: u16,
     pub cert_dir: PathBuf,
+    /// `None`: trust `<cert_dir>/ca.crt`.
+    pub trust_bundle: Option<PathBuf>,
     pub trust_domain: String,
     /// Empty: any SPIFFE ID in `trust_domain`.
     pub allowed_clients: AllowedClients,
@@ -275,6 +283,7 @@ impl Default for Settings {
             outbound_port: OUTBOUND_PORT,
             admin_port: ADMIN_PORT,
             cert_dir: PathBuf::from(CERT_DIR),
+            trust_bundle: None,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
             allowed_clients: AllowedClients::default(),
             tcp_ports: PortSet::new(),
@@ -415,12 +424,14 @@ impl Settings {
                 )
             })?;
         let app_probes = probe::parse_app_probes(&args.app_probes)?;
+        let trust_bundle = check_trust_bundle(&args.trust_bundle)?;
         check_limits(args)?;
         Ok(Settings {
             inbound_port: args.inbound_port,
             outbound_port: args.outbound_port,
             admin_port: args.admin_port,
             cert_dir: args.cert_dir.clone(),
+            trust_bundle,
             trust_domain: args.trust_domain.clone(),
             allowed_clients,
             tcp_ports,
@@ -452,6 +463,29 @@ impl Settings {
             || port == self.admin_port
             || (self.outbound_port != 0 && port == self.outbound_port)
     }
+}
+
+/// `--trust-bundle`: empty for `<cert-dir>/ca.crt`, else the path of a file
+/// (whether it exists is for the sidecar to check, when it reads it).
+fn check_trust_bundle(path: &str) -> Result<Option<PathBuf>, ConfigError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let bad = |problem: String| {
+        ConfigError::new(
+            "trust-bundle",
+            "KUBE_MTLS_TRUST_BUNDLE",
+            problem,
+            "give the path of the PEM file of trusted CAs, e.g. /var/run/kube-mtls/trust/ca-bundle.crt, or leave it empty to trust <cert-dir>/ca.crt",
+        )
+    };
+    if path.trim().is_empty() {
+        return Err(bad(format!("{path:?} is only blanks")));
+    }
+    if path.ends_with('/') {
+        return Err(bad(format!("{path} names a directory")));
+    }
+    Ok(Some(PathBuf::from(path)))
 }
 
 /// The sidecar's own ports must be set, distinct from each other and from
@@ -590,6 +624,7 @@ impl Settings {
             outbound_port,
             admin_port,
             cert_dir,
+            trust_bundle,
             trust_domain,
             allowed_clients,
             tcp_ports,
@@ -617,6 +652,9 @@ impl Settings {
         let mut r = Rendered::default();
         r.arg("trust-domain", trust_domain);
         r.arg("cert-dir", cert_dir.display());
+        if let Some(bundle) = trust_bundle {
+            r.arg("trust-bundle", bundle.display());
+        }
         r.arg("inbound-port", inbound_port);
         r.arg("admin-port", admin_port);
         if !allowed_clients.0.is_empty() {
@@ -753,6 +791,8 @@ mod tests {
         assert_eq!(flag(&["--max-header-size", "10"]), "max-header-size");
         assert_eq!(flag(&["--workers", "0"]), "workers");
         assert_eq!(flag(&["--detect-timeout", "0s"]), "detect-timeout");
+        assert_eq!(flag(&["--trust-bundle", "/trust/"]), "trust-bundle");
+        assert_eq!(flag(&["--trust-bundle", " "]), "trust-bundle");
     }
 
     #[test]
@@ -794,6 +834,7 @@ mod tests {
             outbound_port: 0,
             admin_port: 16020,
             cert_dir: PathBuf::from("/certs"),
+            trust_bundle: Some(PathBuf::from("/var/run/kube-mtls/trust/ca-bundle.crt")),
             trust_domain: "example.org".into(),
             allowed_clients: "spiffe://example.org/ns/*/sa/web,*.example.com"
                 .parse()

@@ -3,12 +3,13 @@
 //! The flags, their types and every check that needs no filesystem live in the
 //! contract crate (`kube_mtls_contract::sidecar`), beside the rendering the
 //! webhook writes the sidecar's args with, so both read one definition. Here
-//! the sidecar adds what only it can check (the certificate files exist) and
+//! the sidecar adds what only it can check (the certificate files and the
+//! trust bundle exist) and
 //! the lookups its hot path wants (hash sets, the allow-list, the proxy mode
 //! of a port).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube_mtls_contract::names::CERT_FILES;
@@ -42,6 +43,9 @@ pub struct Config {
     pub outbound_port: u16,
     pub admin_port: u16,
     pub cert_dir: PathBuf,
+    /// The CAs peers' certificates must chain to (`--trust-bundle`);
+    /// `None`: `<cert_dir>/ca.crt`.
+    pub trust_bundle: Option<PathBuf>,
     pub trust_domain: String,
     /// Who may call, decided once per connection.
     pub allow: AllowList,
@@ -77,13 +81,17 @@ impl Config {
     /// Checks every setting and gathers them into a `Config`.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let s = Settings::from_args(args)?;
-        check_cert_dir(&s.cert_dir)?;
+        check_cert_dir(&s.cert_dir, s.trust_bundle.is_none())?;
+        if let Some(bundle) = &s.trust_bundle {
+            check_trust_bundle(bundle)?;
+        }
         Ok(Config {
             allow: AllowList::new(s.allowed_clients, &s.trust_domain),
             inbound_port: s.inbound_port,
             outbound_port: s.outbound_port,
             admin_port: s.admin_port,
             cert_dir: s.cert_dir,
+            trust_bundle: s.trust_bundle,
             trust_domain: s.trust_domain,
             tcp_ports: s.tcp_ports.into_iter().collect(),
             h2_ports: s.h2_ports.into_iter().collect(),
@@ -125,8 +133,12 @@ impl Config {
     }
 }
 
-fn check_cert_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
+/// The key pair's files, and `ca.crt` when it is the trust bundle.
+fn check_cert_dir(dir: &Path, with_ca: bool) -> Result<(), ConfigError> {
     for name in CERT_FILES {
+        if name == "ca.crt" && !with_ca {
+            continue;
+        }
         let path = dir.join(name);
         if !path.is_file() {
             return Err(ConfigError::new(
@@ -138,6 +150,18 @@ fn check_cert_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn check_trust_bundle(path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "trust-bundle",
+        "KUBE_MTLS_TRUST_BUNDLE",
+        format!("{} does not exist or is not a file", path.display()),
+        "mount the trust bundle there (the ca-bundle.crt key of the namespace's trust bundle ConfigMap), or leave the flag empty to trust <cert-dir>/ca.crt",
+    ))
 }
 
 #[cfg(test)]
@@ -174,6 +198,37 @@ mod tests {
             (c.mode(5432), c.mode(9000), c.mode(8080)),
             (Mode::Tcp, Mode::Http2, Mode::Http)
         );
+    }
+
+    #[test]
+    fn a_trust_bundle_must_exist_and_replaces_ca_crt() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in ["tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(name), "").expect("write");
+        }
+        let d = dir.path().to_str().expect("utf-8 path");
+        let from = |extra: &[&str]| {
+            let mut v = vec!["kube-mtls-sidecar", "--cert-dir", d];
+            v.extend_from_slice(extra);
+            Config::from_args(&Args::parse_from(v))
+        };
+        let err = from(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("--cert-dir") && err.contains("ca.crt"),
+            "{err}"
+        );
+        let bundle = dir.path().join("bundle.pem");
+        let b = bundle.to_str().expect("utf-8 path");
+        let err = from(&["--trust-bundle", b]).unwrap_err().to_string();
+        assert!(
+            err.contains("--trust-bundle")
+                && err.contains("KUBE_MTLS_TRUST_BUNDLE")
+                && err.contains("bundle.pem"),
+            "{err}"
+        );
+        std::fs::write(&bundle, "").expect("write");
+        let cfg = from(&["--trust-bundle", b]).expect("valid settings");
+        assert_eq!(cfg.trust_bundle.as_deref(), Some(bundle.as_path()));
     }
 
     #[test]

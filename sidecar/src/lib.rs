@@ -2,7 +2,10 @@
 //!
 //! - [`config`]: flags and their validation.
 //! - [`identity`]: SPIFFE/DNS identities and the allow-list.
-//! - [`tls`]: the certificate set, rustls configs, hot reload.
+//! - [`tls`]: the key pair and the trust bundle as rustls configs, hot reload.
+//! - [`trust`]: the trust bundle, the CAs peers' certificates must chain to.
+//! - [`verify`]: peers' certificates checked against it, and why a handshake
+//!   failed.
 //! - [`original_dst`]: where a redirected connection was going.
 //! - [`shared`]: what every listener and connection shares (state, response
 //!   bodies, the connections to the app).
@@ -38,4 +41,6 @@ pub mod rewrite;
 pub mod server;
 pub mod shared;
 pub mod tls;
+pub mod trust;
 pub mod upstream;
+pub mod verify;

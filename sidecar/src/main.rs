@@ -35,12 +35,12 @@ fn main() -> anyhow::Result<()> {
         return wait_ready(args.admin_port);
     }
     let cfg = Config::from_args(&args)?;
-    let store = tls::TlsStore::open(&cfg.cert_dir, &cfg.trust_domain).with_context(|| {
-        format!(
-            "--cert-dir (KUBE_MTLS_CERT_DIR): the certificate set in {} cannot be used; mount the pod's certificate Secret there",
-            cfg.cert_dir.display()
-        )
-    })?;
+    // The error names the flag at fault (--cert-dir or --trust-bundle) and the fix.
+    let store = tls::TlsStore::open(
+        &cfg.cert_dir,
+        cfg.trust_bundle.as_deref(),
+        &cfg.trust_domain,
+    )?;
     // One worker means one thread doing all the work: the current-thread
     // scheduler then skips the work-stealing machinery (and its wake-ups) that
     // only pays off when there are several threads to balance.

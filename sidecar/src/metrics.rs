@@ -24,8 +24,20 @@ struct Result_ {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Direction {
+struct DirectionLabel {
     direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    direction: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    subject: String,
+    serial: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,6 +181,251 @@ impl Refusal {
     }
 }
 
+/// Which way a connection goes: from a caller (`inbound`, the inbound and
+/// direct listeners) or from the app to a peer (`outbound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Why a TLS handshake failed, in either direction
+/// (`handshake_failures_total{direction,reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The peer's certificate does not chain to a CA in the trust bundle
+    /// (no CA of its issuer's name, or one whose key did not sign it).
+    UntrustedIssuer,
+    /// The peer's certificate (or one in its chain) has expired.
+    Expired,
+    /// The peer's certificate is not valid yet (a clock skew, or issued ahead).
+    NotYetValid,
+    /// The peer's certificate is not for this use (clientAuth or serverAuth missing).
+    BadUsage,
+    /// Any other problem with the peer's certificate: its encoding, an
+    /// unsupported algorithm, or (outbound) an identity outside the trust domain.
+    BadCertificate,
+    /// The client sent no certificate.
+    NoCertificate,
+    /// The peer refused our certificate (it sent a certificate alert).
+    PeerRefused,
+    /// The peer does not speak TLS as we do (not TLS at all, no common
+    /// version or protocol, a broken message, or a close mid-handshake).
+    Protocol,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// Anything else (e.g. a connection reset).
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 10] = [
+        HandshakeFailure::UntrustedIssuer,
+        HandshakeFailure::Expired,
+        HandshakeFailure::NotYetValid,
+        HandshakeFailure::BadUsage,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::PeerRefused,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::UntrustedIssuer => "untrusted_issuer",
+            HandshakeFailure::Expired => "expired",
+            HandshakeFailure::NotYetValid => "not_yet_valid",
+            HandshakeFailure::BadUsage => "bad_usage",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::PeerRefused => "peer_refused",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// True when the peer's certificate is what failed.
+    pub fn is_certificate(self) -> bool {
+        matches!(
+            self,
+            HandshakeFailure::UntrustedIssuer
+                | HandshakeFailure::Expired
+                | HandshakeFailure::NotYetValid
+                | HandshakeFailure::BadUsage
+                | HandshakeFailure::BadCertificate
+        )
+    }
+
+    /// The refusal an inbound connection that failed so is counted as
+    /// (`refusals_total{reason}`, whose reasons predate this classification).
+    pub fn refusal(self) -> Refusal {
+        match self {
+            HandshakeFailure::UntrustedIssuer | HandshakeFailure::BadCertificate => {
+                Refusal::UntrustedCert
+            }
+            HandshakeFailure::Expired => Refusal::ExpiredCert,
+            HandshakeFailure::NotYetValid => Refusal::NotYetValidCert,
+            HandshakeFailure::BadUsage => Refusal::WrongKeyUsage,
+            HandshakeFailure::NoCertificate => Refusal::NoClientCert,
+            HandshakeFailure::Timeout => Refusal::HandshakeTimeout,
+            HandshakeFailure::PeerRefused
+            | HandshakeFailure::Protocol
+            | HandshakeFailure::Other => Refusal::HandshakeFailed,
+        }
+    }
+}
+
+/// Handshakes: completed ones (`handshakes_total{result="ok"}`, inbound)
+/// and failed ones by direction and reason, resolved once.
+struct HandshakeMetrics {
+    ok: Counter,
+    /// Indexed by [`HandshakeFailure::ALL`].
+    inbound: Vec<Counter>,
+    outbound: Vec<Counter>,
+}
+
+impl HandshakeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let handshakes = Family::<Result_, Counter>::default();
+        registry.register(
+            "handshakes",
+            "Completed inbound mTLS handshakes",
+            handshakes.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "handshake_failures",
+            "TLS handshakes that failed, by direction (inbound: a caller's; outbound: to a peer) and reason (untrusted_issuer, expired, not_yet_valid, bad_usage, bad_certificate, no_certificate, peer_refused, protocol, timeout, other)",
+            failures.clone(),
+        );
+        let of = |direction: Direction| {
+            HandshakeFailure::ALL
+                .iter()
+                .map(|f| {
+                    failures
+                        .get_or_create(&FailureLabels {
+                            direction: direction.as_str().into(),
+                            reason: f.as_str().into(),
+                        })
+                        .clone()
+                })
+                .collect()
+        };
+        HandshakeMetrics {
+            ok: handshakes
+                .get_or_create(&Result_ {
+                    result: "ok".into(),
+                })
+                .clone(),
+            inbound: of(Direction::Inbound),
+            outbound: of(Direction::Outbound),
+        }
+    }
+}
+
+/// Connections or requests refused, by reason; indexed by [`Refusal::ALL`].
+fn register_refusals(registry: &mut Registry) -> Vec<Counter> {
+    let family = Family::<Reason, Counter>::default();
+    registry.register(
+        "refusals",
+        "Connections or requests refused, by reason",
+        family.clone(),
+    );
+    Refusal::ALL
+        .iter()
+        .map(|r| {
+            family
+                .get_or_create(&Reason {
+                    reason: r.as_str().into(),
+                })
+                .clone()
+        })
+        .collect()
+}
+
+/// The pod's own certificate: its expiry and serial, and how reloads of
+/// the key pair went.
+struct CertMetrics {
+    expiry: Gauge,
+    info: Family<SerialLabel, Gauge>,
+    reload_ok: Counter,
+    reload_refused: Counter,
+}
+
+impl CertMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the served chain (tls.crt) stops being valid: the earliest not_after of its certificates, seconds since the epoch",
+            expiry.clone(),
+        );
+        let info = Family::<SerialLabel, Gauge>::default();
+        registry.register(
+            "certificate_info",
+            "Always 1; the serial label is the serial number (hex, as openssl x509 -serial prints it) of the certificate served now, replaced on rotation",
+            info.clone(),
+        );
+        let reloads = Family::<Result_, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Certificate (key pair) reloads by result",
+            reloads.clone(),
+        );
+        let result = |r: &str| reloads.get_or_create(&Result_ { result: r.into() }).clone();
+        CertMetrics {
+            expiry,
+            info,
+            reload_ok: result("ok"),
+            reload_refused: result("refused"),
+        }
+    }
+}
+
+/// Which CAs the sidecar trusts, and how reloads of its trust bundle went.
+struct TrustMetrics {
+    /// `trusted_ca_expiry_seconds{subject,serial}`: one series per CA of the
+    /// bundle serving now.
+    expiry: Family<CaLabels, Gauge>,
+    reload_ok: Counter,
+    reload_refused: Counter,
+}
+
+impl TrustMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let expiry = Family::<CaLabels, Gauge>::default();
+        registry.register(
+            "trusted_ca_expiry_seconds",
+            "One series per CA certificate of the trust bundle serving now (subject, serial as openssl x509 -serial prints it): when it stops being valid (not_after), seconds since the epoch",
+            expiry.clone(),
+        );
+        let reloads = Family::<Result_, Counter>::default();
+        registry.register(
+            "trust_bundle_reloads",
+            "Trust bundle reloads by result; a refused bundle leaves the previous one serving",
+            reloads.clone(),
+        );
+        let result = |r: &str| reloads.get_or_create(&Result_ { result: r.into() }).clone();
+        TrustMetrics {
+            expiry,
+            reload_ok: result("ok"),
+            reload_refused: result("refused"),
+        }
+    }
+}
+
 /// A request the client got wrong: answered 400, and never the app's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientError {
@@ -192,14 +449,14 @@ impl ClientError {
 /// The counters for requests that did not go through: the app too slow
 /// (`upstream_timeouts`), or the client at fault (`client_errors`).
 fn register_request_outcomes(registry: &mut Registry) -> (Counter, Vec<Counter>) {
-    let timeouts = Family::<Direction, Counter>::default();
+    let timeouts = Family::<DirectionLabel, Counter>::default();
     registry.register(
             "upstream_timeouts",
             "Requests answered 504 because the app sent no response headers within --upstream-timeout (also counted in upstream_errors)",
             timeouts.clone(),
         );
     let upstream_timeouts = timeouts
-        .get_or_create(&Direction {
+        .get_or_create(&DirectionLabel {
             direction: "inbound".into(),
         })
         .clone();
@@ -224,20 +481,20 @@ fn register_request_outcomes(registry: &mut Registry) -> (Counter, Vec<Counter>)
 
 /// Connections accepted and open now, by direction.
 fn register_connections(registry: &mut Registry) -> (ConnMetrics, ConnMetrics) {
-    let accepted = Family::<Direction, Counter>::default();
+    let accepted = Family::<DirectionLabel, Counter>::default();
     registry.register(
         "connections",
         "Connections accepted, by direction (inbound: from callers; outbound: from the app)",
         accepted.clone(),
     );
-    let active = Family::<Direction, Gauge>::default();
+    let active = Family::<DirectionLabel, Gauge>::default();
     registry.register(
         "active_connections",
         "Connections open now, by direction",
         active.clone(),
     );
     let of = |direction: &str| {
-        let label = Direction {
+        let label = DirectionLabel {
             direction: direction.into(),
         };
         ConnMetrics {
@@ -261,6 +518,7 @@ pub struct Metrics {
     /// Permissive and audit modes.
     modes: ModeMetrics,
     pub handshakes_ok: Counter,
+    handshakes: HandshakeMetrics,
     refusals: Vec<Counter>,
     pub upstream_errors: Counter,
     pub outbound_errors: Counter,
@@ -271,6 +529,9 @@ pub struct Metrics {
     cert_info: Family<SerialLabel, Gauge>,
     pub cert_reload_ok: Counter,
     pub cert_reload_refused: Counter,
+    trust: TrustMetrics,
+    pub trust_reload_ok: Counter,
+    pub trust_reload_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -295,80 +556,29 @@ impl Metrics {
             "Failed accepts (e.g. out of file descriptors), by listener; the listener backs off and retries",
             accept_errors.clone(),
         );
-        let handshakes = Family::<Result_, Counter>::default();
-        registry.register(
-            "handshakes",
-            "Completed mTLS handshakes",
-            handshakes.clone(),
-        );
-        let handshakes_ok = handshakes
-            .get_or_create(&Result_ {
-                result: "ok".into(),
-            })
-            .clone();
-        let refusal_family = Family::<Reason, Counter>::default();
-        registry.register(
-            "refusals",
-            "Connections or requests refused, by reason",
-            refusal_family.clone(),
-        );
-        let refusals = Refusal::ALL
-            .iter()
-            .map(|r| {
-                refusal_family
-                    .get_or_create(&Reason {
-                        reason: r.as_str().into(),
-                    })
-                    .clone()
-            })
-            .collect();
-        let errors = Family::<Direction, Counter>::default();
+        let handshakes = HandshakeMetrics::register(&mut registry);
+        let refusals = register_refusals(&mut registry);
+        let errors = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "upstream_errors",
             "Failures to reach the app (inbound) or a peer (outbound)",
             errors.clone(),
         );
         let upstream_errors = errors
-            .get_or_create(&Direction {
+            .get_or_create(&DirectionLabel {
                 direction: "inbound".into(),
             })
             .clone();
         let outbound_errors = errors
-            .get_or_create(&Direction {
+            .get_or_create(&DirectionLabel {
                 direction: "outbound".into(),
             })
             .clone();
         let (upstream_timeouts, client_errors) = register_request_outcomes(&mut registry);
         let modes = ModeMetrics::default();
         modes.register(&mut registry);
-        let cert_expiry = Gauge::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "When the served chain (tls.crt) stops being valid: the earliest not_after of its certificates, seconds since the epoch",
-            cert_expiry.clone(),
-        );
-        let cert_info = Family::<SerialLabel, Gauge>::default();
-        registry.register(
-            "certificate_info",
-            "Always 1; the serial label is the serial number (hex, as openssl x509 -serial prints it) of the certificate served now, replaced on rotation",
-            cert_info.clone(),
-        );
-        let reloads = Family::<Result_, Counter>::default();
-        registry.register(
-            "certificate_reloads",
-            "Certificate reloads by result",
-            reloads.clone(),
-        );
-        let cert_reload_ok = reloads
-            .get_or_create(&Result_ {
-                result: "ok".into(),
-            })
-            .clone();
-        let cert_reload_refused = reloads
-            .get_or_create(&Result_ {
-                result: "refused".into(),
-            })
-            .clone();
+        let cert = CertMetrics::register(&mut registry);
+        let trust = TrustMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -376,16 +586,20 @@ impl Metrics {
             outbound,
             accept_errors,
             modes,
-            handshakes_ok,
+            handshakes_ok: handshakes.ok.clone(),
+            handshakes,
             refusals,
             upstream_errors,
             outbound_errors,
             upstream_timeouts,
             client_errors,
-            cert_expiry,
-            cert_info,
-            cert_reload_ok,
-            cert_reload_refused,
+            cert_expiry: cert.expiry,
+            cert_info: cert.info,
+            cert_reload_ok: cert.reload_ok,
+            cert_reload_refused: cert.reload_refused,
+            trust_reload_ok: trust.reload_ok.clone(),
+            trust_reload_refused: trust.reload_refused.clone(),
+            trust,
         }
     }
 
@@ -408,6 +622,32 @@ impl Metrics {
                 serial: serial.into(),
             })
             .set(1);
+    }
+
+    /// Says which CAs are trusted now (`trusted_ca_expiry_seconds`), one
+    /// series per CA, replacing those of the bundle trusted before.
+    pub fn set_trusted_cas(&self, cas: &[crate::trust::TrustedCa]) {
+        self.trust.expiry.clear();
+        for ca in cas {
+            self.trust
+                .expiry
+                .get_or_create(&CaLabels {
+                    subject: ca.subject.clone(),
+                    serial: ca.serial.clone(),
+                })
+                .set(ca.not_after);
+        }
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self, direction: Direction, failure: HandshakeFailure) {
+        let counters = match direction {
+            Direction::Inbound => &self.handshakes.inbound,
+            Direction::Outbound => &self.handshakes.outbound,
+        };
+        if let Some(i) = HandshakeFailure::ALL.iter().position(|f| *f == failure) {
+            counters[i].inc();
+        }
     }
 
     /// Says which mode and policy the sidecar runs with (`mode_info`).

@@ -10,7 +10,11 @@
 //!
 //! HTTP ports are forwarded per request over pooled mTLS connections, so a peer
 //! that does not speak mTLS gets the app a 502 that says so; TCP ports are
-//! tunnelled byte for byte.
+//! tunnelled byte for byte. A certificate problem is not called a protocol
+//! one: a peer whose certificate does not chain to the trust bundle gets a 502
+//! naming its issuer and the CAs this sidecar trusts, one that refuses our
+//! certificate gets one naming our issuer; every failed handshake is counted
+//! by reason (`handshake_failures_total{direction="outbound"}`).
 //!
 //! Like inbound ones, outbound connections are counted
 //! (`kube_mtls_sidecar_connections_total{direction="outbound"}`, `active_connections`),
@@ -41,10 +45,11 @@ use crate::body::InFlightBody;
 use crate::conn::serve_http;
 use crate::headers;
 use crate::io::{IdleTimeout, InFlight};
-use crate::metrics::Refusal;
+use crate::metrics::{Direction, HandshakeFailure, Metrics, Refusal};
 use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
-use crate::tls::TlsStore;
+use crate::tls::{TlsState, TlsStore};
+use crate::verify::{self, Rejection};
 use http::uri::Authority;
 use kube_mtls_listener::Listener;
 
@@ -59,6 +64,33 @@ pub enum PeerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "the peer at {addr} presented a certificate issued by {issuer} that this sidecar does not trust (trusted CAs: {trusted}): {cause}"
+    )]
+    Untrusted {
+        addr: SocketAddr,
+        issuer: String,
+        trusted: String,
+        cause: rustls::Error,
+    },
+    #[error(
+        "the peer at {addr} presented a certificate ({subject}, issued by {issuer}) that this sidecar refuses, {detail}: {cause}"
+    )]
+    BadCertificate {
+        addr: SocketAddr,
+        subject: String,
+        issuer: String,
+        detail: String,
+        cause: rustls::Error,
+    },
+    #[error(
+        "the peer at {addr} refused this sidecar's certificate (issued by {issuer}): {cause}; does its trust bundle hold that CA yet?"
+    )]
+    Refused {
+        addr: SocketAddr,
+        issuer: String,
+        cause: rustls::Error,
+    },
     #[error("the peer at {addr} does not speak mTLS (no kube-mtls sidecar there?): {source}")]
     Handshake {
         addr: SocketAddr,
@@ -66,13 +98,17 @@ pub enum PeerError {
     },
     #[error("connecting to {0} timed out")]
     Timeout(SocketAddr),
+    #[error("the peer at {0} did not finish the mTLS handshake in time")]
+    HandshakeTimeout(SocketAddr),
     #[error("{0} is not an IP address and port")]
     BadTarget(String),
 }
 
-/// Opens mTLS to `addr` with the current certificate set.
+/// Opens mTLS to `addr` with the current key pair and trust bundle; a
+/// failed handshake is counted by reason.
 async fn connect_mtls(
     tls: &TlsStore,
+    metrics: &Metrics,
     addr: SocketAddr,
     http: bool,
 ) -> Result<TlsStream<TcpStream>, PeerError> {
@@ -82,19 +118,79 @@ async fn connect_mtls(
     } else {
         state.client_tcp.clone()
     };
-    let attempt = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| PeerError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|source| PeerError::Handshake { addr, source })
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
         .map_err(|_| PeerError::Timeout(addr))?
+        .map_err(|source| PeerError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let handshake = connector.connect(ServerName::IpAddress(addr.ip().into()), tcp);
+    let (failure, err) = match verify::capture(tokio::time::timeout_at(deadline, handshake)).await {
+        (Ok(Ok(stream)), _) => return Ok(stream),
+        (Ok(Err(source)), rejection) => handshake_error(addr, &state, source, rejection),
+        (Err(_), _) => (HandshakeFailure::Timeout, PeerError::HandshakeTimeout(addr)),
+    };
+    metrics.handshake_failed(Direction::Outbound, failure);
+    Err(err)
+}
+
+/// What a failed handshake with `addr` says: a certificate refused on
+/// either side, by its issuer, or else a peer that does not speak mTLS.
+fn handshake_error(
+    addr: SocketAddr,
+    state: &TlsState,
+    source: std::io::Error,
+    rejection: Option<Rejection>,
+) -> (HandshakeFailure, PeerError) {
+    let failure = verify::classify_io(&source);
+    let Some(cause) = verify::rustls_error(&source).cloned() else {
+        return (failure, PeerError::Handshake { addr, source });
+    };
+    let err = match rejection {
+        Some(r) if failure == HandshakeFailure::UntrustedIssuer => PeerError::Untrusted {
+            addr,
+            trusted: state.trust.trusted_for(&r.issuer),
+            issuer: r.issuer,
+            cause,
+        },
+        Some(r) if failure.is_certificate() => PeerError::BadCertificate {
+            addr,
+            detail: r
+                .detail
+                .unwrap_or_else(|| failure.as_str().replace('_', " ")),
+            subject: r.subject,
+            issuer: r.issuer,
+            cause,
+        },
+        _ if failure == HandshakeFailure::PeerRefused => PeerError::Refused {
+            addr,
+            issuer: state.key_pair.issuer.clone(),
+            cause,
+        },
+        _ => PeerError::Handshake { addr, source },
+    };
+    (failure, err)
+}
+
+/// A peer that refused our certificate after our side of the handshake was
+/// done (TLS 1.3: its alert comes with the first read), found in the error
+/// of a request or a tunnel, counted, and said as a [`PeerError::Refused`].
+fn refused_late(
+    e: &(dyn std::error::Error + 'static),
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Option<PeerError> {
+    let cause = verify::peer_refusal(e)?;
+    let failure = HandshakeFailure::PeerRefused;
+    shared
+        .metrics
+        .handshake_failed(Direction::Outbound, failure);
+    Some(PeerError::Refused {
+        addr,
+        issuer: shared.tls.current().key_pair.issuer.clone(),
+        cause,
+    })
 }
 
 /// An mTLS stream the pooled HTTP client can use.
@@ -137,6 +233,7 @@ impl hyper::rt::Write for MtlsConn {
 #[derive(Clone)]
 pub struct MtlsConnector {
     tls: Arc<TlsStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl tower::Service<Uri> for MtlsConnector {
@@ -149,7 +246,7 @@ impl tower::Service<Uri> for MtlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let (tls, metrics) = (self.tls.clone(), self.metrics.clone());
         Box::pin(async move {
             let authority = uri
                 .authority()
@@ -158,19 +255,19 @@ impl tower::Service<Uri> for MtlsConnector {
             let addr: SocketAddr = authority
                 .parse()
                 .map_err(|_| PeerError::BadTarget(authority.clone()))?;
-            let stream = connect_mtls(&tls, addr, true).await?;
+            let stream = connect_mtls(&tls, &metrics, addr, true).await?;
             Ok(MtlsConn(TokioIo::new(stream)))
         })
     }
 }
 
 /// The pooled client for outbound HTTP.
-pub fn client(tls: Arc<TlsStore>) -> Client<MtlsConnector, Body> {
+pub fn client(tls: Arc<TlsStore>, metrics: Arc<Metrics>) -> Client<MtlsConnector, Body> {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(MtlsConnector { tls })
+        .build(MtlsConnector { tls, metrics })
 }
 
 /// Accepts redirected outbound connections until shutdown, each in its own
@@ -233,6 +330,7 @@ async fn handle(stream: TcpStream, shared: &Arc<Shared>, client: Client<MtlsConn
         return;
     }
     let ctx = Arc::new(OutboundCtx {
+        dst,
         authority: socket_authority(dst),
         in_flight,
         shared: shared.clone(),
@@ -248,10 +346,17 @@ async fn handle(stream: TcpStream, shared: &Arc<Shared>, client: Client<MtlsConn
 
 /// Copies bytes between the app and an mTLS connection to `dst`.
 async fn tcp_tunnel(mut app: IdleTimeout<TcpStream>, dst: SocketAddr, shared: &Shared) {
-    match connect_mtls(&shared.tls, dst, false).await {
+    match connect_mtls(&shared.tls, &shared.metrics, dst, false).await {
         Ok(mut peer) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut peer).await {
-                tracing::debug!(error = %e, "outbound TCP connection ended with an error");
+            let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut peer).await else {
+                return;
+            };
+            match refused_late(&e, dst, shared) {
+                Some(refused) => {
+                    shared.metrics.outbound_errors.inc();
+                    tracing::warn!(error = %refused, "outbound TCP connection failed");
+                }
+                None => tracing::debug!(error = %e, "outbound TCP connection ended with an error"),
             }
         }
         Err(e) => {
@@ -264,6 +369,8 @@ async fn tcp_tunnel(mut app: IdleTimeout<TcpStream>, dst: SocketAddr, shared: &S
 /// What every request on one outbound connection shares.
 struct OutboundCtx {
     /// Where the app was going: every request on the connection goes there.
+    dst: SocketAddr,
+    /// `dst`, for the requests' URIs.
     authority: Authority,
     /// Requests in progress, which keep the idle timeout at bay.
     in_flight: InFlight,
@@ -286,7 +393,7 @@ async fn forward(
         }
         Err(e) => {
             ctx.shared.metrics.outbound_errors.inc();
-            let why = peer_error(&e);
+            let why = peer_error(&e, &ctx);
             tracing::warn!(error = %why, "outbound request failed");
             Ok(text(
                 StatusCode::BAD_GATEWAY,
@@ -297,8 +404,9 @@ async fn forward(
 }
 
 /// The connector's own error says best what went wrong (refused, no mTLS,
-/// timeout); the pooled client wraps it.
-fn peer_error(e: &hyper_util::client::legacy::Error) -> String {
+/// an untrusted certificate, timeout); the pooled client wraps it. A peer
+/// that refused our certificate only after the handshake is found here.
+fn peer_error(e: &hyper_util::client::legacy::Error, ctx: &OutboundCtx) -> String {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if let Some(p) = c.downcast_ref::<PeerError>() {
@@ -306,5 +414,8 @@ fn peer_error(e: &hyper_util::client::legacy::Error) -> String {
         }
         cause = c.source();
     }
-    e.to_string()
+    match refused_late(e, ctx.dst, &ctx.shared) {
+        Some(refused) => refused.to_string(),
+        None => e.to_string(),
+    }
 }

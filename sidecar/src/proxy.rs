@@ -10,8 +10,10 @@
 //! 3. in `--mode permissive` only, on HTTP ports only: the first byte, which
 //!    sends a connection that does not start TLS down the plaintext path, with
 //!    no identity (see [`crate::permissive`]);
-//! 4. the mTLS handshake, within `--handshake-timeout`, which verifies the chain,
-//!    validity and clientAuth usage of the client certificate;
+//! 4. the mTLS handshake, within `--handshake-timeout`, which verifies the chain
+//!    (up to a CA of the trust bundle), validity and clientAuth usage of the
+//!    client certificate; a refusal is logged with the certificate's issuer
+//!    and counted by reason (`handshake_failures_total{direction="inbound"}`);
 //! 5. a connection slot (bounded by `--max-connections`), taken in exchange
 //!    for the handshake permit (plaintext connections take one too);
 //! 6. the allow-list, decided once for the connection; with `--policy audit`
@@ -50,12 +52,13 @@ use crate::headers;
 use crate::identity::PeerIdentity;
 use crate::io::{IdleTimeout, InFlight, Linger, ReadAhead};
 use crate::limits::HandshakePermit;
-use crate::metrics::Refusal;
+use crate::metrics::{Direction, HandshakeFailure, Refusal};
 use crate::permissive::{self, Opening};
 use crate::rewrite::{Form, retarget, socket_authority};
 use crate::shared::{Body, Shared, text};
-use crate::tls::cert_hash_hex;
+use crate::tls::{TlsState, cert_hash_hex};
 use crate::upstream::{AppBody, CONNECT_TIMEOUT, Pinned, UpstreamError, send_multiplexed};
+use crate::verify;
 use kube_mtls_listener::Listener;
 
 /// Where a listener's connections go.
@@ -124,20 +127,41 @@ fn app_port(stream: &TcpStream, target: Target, cfg: &Config) -> Result<u16, Str
     Ok(port)
 }
 
-fn classify(e: &std::io::Error) -> Refusal {
-    use rustls::CertificateError as C;
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::NoCertificatesPresented) => Refusal::NoClientCert,
-        Some(rustls::Error::InvalidCertificate(ce)) => match ce {
-            C::Expired | C::ExpiredContext { .. } => Refusal::ExpiredCert,
-            C::NotValidYet | C::NotValidYetContext { .. } => Refusal::NotYetValidCert,
-            C::InvalidPurpose | C::InvalidPurposeContext { .. } => Refusal::WrongKeyUsage,
-            _ => Refusal::UntrustedCert,
-        },
-        _ => Refusal::HandshakeFailed,
+/// Counts and logs a failed handshake, naming for a refused client
+/// certificate its issuer and, if that is the reason, what we trust.
+fn handshake_refused(
+    e: &std::io::Error,
+    rejection: Option<verify::Rejection>,
+    tls: &TlsState,
+    shared: &Shared,
+) {
+    let failure = verify::classify_io(e);
+    shared.metrics.handshake_failed(Direction::Inbound, failure);
+    shared.metrics.refused(failure.refusal());
+    let reason = failure.as_str();
+    match rejection {
+        Some(r) if failure == HandshakeFailure::UntrustedIssuer => tracing::warn!(
+            reason,
+            issuer = %r.issuer,
+            subject = %r.subject,
+            trusted = %tls.trust.trusted_for(&r.issuer),
+            error = %e,
+            "client certificate refused: issued by a CA this sidecar does not trust"
+        ),
+        Some(r) => tracing::warn!(
+            reason,
+            issuer = %r.issuer,
+            subject = %r.subject,
+            error = %e,
+            "client certificate refused"
+        ),
+        None if failure == HandshakeFailure::PeerRefused => tracing::warn!(
+            reason,
+            issuer = %tls.key_pair.issuer,
+            error = %e,
+            "mTLS handshake refused by the client: it does not accept this sidecar's certificate; does its trust bundle hold this sidecar's CA?"
+        ),
+        None => tracing::warn!(reason, error = %e, "mTLS handshake refused"),
     }
 }
 
@@ -196,20 +220,27 @@ fn judge(peer: &PeerIdentity, shared: &Shared) -> Verdict {
 /// The mTLS handshake within `--handshake-timeout`, then the allow-list.
 async fn authenticate(
     stream: ReadAhead<TcpStream>,
-    acceptor: TlsAcceptor,
+    tls: &TlsState,
+    mode: Mode,
     shared: &Shared,
 ) -> Option<Authenticated> {
+    let acceptor = TlsAcceptor::from(if mode == Mode::Tcp {
+        tls.tcp.clone()
+    } else {
+        tls.http.clone()
+    });
     let timeout = shared.cfg.handshake_timeout;
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = classify(&e);
-            shared.metrics.refused(reason);
-            tracing::warn!(reason = reason.as_str(), error = %e, "mTLS handshake refused");
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+    let stream = match verify::capture(handshake).await {
+        (Ok(Ok(s)), _) => s,
+        (Ok(Err(e)), rejection) => {
+            handshake_refused(&e, rejection, tls, shared);
             return None;
         }
-        Err(_) => {
-            shared.metrics.refused(Refusal::HandshakeTimeout);
+        (Err(_), _) => {
+            let timeout = HandshakeFailure::Timeout;
+            shared.metrics.handshake_failed(Direction::Inbound, timeout);
+            shared.metrics.refused(timeout.refusal());
             tracing::warn!(reason = "handshake_timeout", "mTLS handshake timed out");
             return None;
         }
@@ -312,18 +343,13 @@ fn take_slot(shared: &Shared) -> Option<OwnedSemaphorePermit> {
 async fn serve_mtls(conn: Accepted, shared: &Arc<Shared>) {
     let cfg = &shared.cfg;
     let tls = shared.tls.current();
-    let acceptor = TlsAcceptor::from(if conn.mode == Mode::Tcp {
-        tls.tcp.clone()
-    } else {
-        tls.http.clone()
-    });
     // A byte stream may carry bulk data: its TLS records are read ahead.
     let stream = if conn.mode == Mode::Tcp {
         ReadAhead::buffered(conn.stream)
     } else {
         ReadAhead::direct(conn.stream)
     };
-    let Some(auth) = authenticate(stream, acceptor, shared).await else {
+    let Some(auth) = authenticate(stream, &tls, conn.mode, shared).await else {
         return;
     };
     drop(conn.handshake);
@@ -346,7 +372,7 @@ async fn serve_mtls(conn: Accepted, shared: &Arc<Shared>) {
     }
     let caller = Caller::Mtls {
         identity: auth.peer.display_name(),
-        xfcc: headers::xfcc_value(&tls.own, &auth.peer, &auth.cert_hash),
+        xfcc: headers::xfcc_value(&tls.key_pair.own, &auth.peer, &auth.cert_hash),
         verdict: auth.verdict,
     };
     let ctx = ConnCtx::new(conn.client, conn.port, conn.mode, caller, in_flight, shared);

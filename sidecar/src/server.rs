@@ -103,8 +103,10 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
-    metrics.cert_expiry.set(store.current().not_after);
-    metrics.set_certificate(&store.current().serial);
+    let state = store.current();
+    metrics.cert_expiry.set(state.key_pair.not_after);
+    metrics.set_certificate(&state.key_pair.serial);
+    metrics.set_trusted_cas(&state.trust.cas);
     metrics.set_modes(cfg.mtls_mode.as_str(), cfg.policy.as_str());
 
     let shared = Arc::new(Shared {
@@ -152,7 +154,7 @@ pub async fn run(
             addr,
             source,
         })?;
-        let client = crate::outbound::client(store.clone());
+        let client = crate::outbound::client(store.clone(), metrics.clone());
         accept_tasks_outbound.push(tokio::spawn(crate::outbound::accept_loop(
             Listener::new(listener, "outbound", metrics.accept_errors("outbound")),
             shared.clone(),
@@ -180,11 +182,15 @@ pub async fn run(
     tracing::info!(
         inbound_port = cfg.inbound_port,
         admin_port = cfg.admin_port,
-        identity = %store.current().own.display_name(),
+        identity = %state.key_pair.own.display_name(),
+        trust_bundle = %state.trust.path.display(),
+        trusted = %state.trust.subjects(),
         mode = cfg.mtls_mode.as_str(),
         policy = cfg.policy.as_str(),
         "kube-mtls-sidecar ready"
     );
+    tls::warn_if_own_issuer_untrusted(&state);
+    drop(state);
     warn_of_open_modes(&cfg);
 
     shutdown_signal.await;

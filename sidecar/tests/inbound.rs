@@ -158,11 +158,12 @@ async fn refused_at_handshake(env: &Env, cfg: std::sync::Arc<rustls::ClientConfi
 async fn bad_client_certificates_are_refused_at_the_handshake() {
     let env = Env::start(&[]).await;
     let other_ca = TestCa::new("someone else's CA");
-    let cases: Vec<(&str, std::sync::Arc<rustls::ClientConfig>, &str)> = vec![
+    let cases: Vec<(&str, std::sync::Arc<rustls::ClientConfig>, &str, &str)> = vec![
         (
             "no certificate",
             client_config(&env.ca.cert_pem, None, &["http/1.1"]),
             "no_client_certificate",
+            "no_certificate",
         ),
         (
             "untrusted chain",
@@ -172,6 +173,7 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
                 &["http/1.1"],
             ),
             "untrusted_certificate",
+            "untrusted_issuer",
         ),
         (
             "expired",
@@ -180,6 +182,7 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
                     .issue(&Leaf::spiffe(CLIENT_ID).validity(Validity::Expired)),
             ),
             "expired_certificate",
+            "expired",
         ),
         (
             "not yet valid",
@@ -188,6 +191,7 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
                     .issue(&Leaf::spiffe(CLIENT_ID).validity(Validity::NotYetValid)),
             ),
             "not_yet_valid_certificate",
+            "not_yet_valid",
         ),
         (
             "no clientAuth usage",
@@ -196,9 +200,10 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
                     .issue(&Leaf::spiffe(CLIENT_ID).usage(Usage::ServerOnly)),
             ),
             "wrong_key_usage",
+            "bad_usage",
         ),
     ];
-    for (what, cfg, reason) in cases {
+    for (what, cfg, reason, failure) in cases {
         assert!(
             refused_at_handshake(&env, cfg).await,
             "{what}: was not refused"
@@ -212,7 +217,19 @@ async fn bad_client_certificates_are_refused_at_the_handshake() {
             "{what}: refusal {reason} not counted:\n{}",
             env.metrics()
         );
+        let label = format!(
+            "kube_mtls_sidecar_handshake_failures_total{{direction=\"inbound\",reason=\"{failure}\"}}"
+        );
+        assert_eq!(sample(&env.metrics(), &label), 1.0, "{what}: {label}");
     }
+    let logs = env.sidecar.proc.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("client certificate refused")
+                && l.contains("untrusted_issuer")
+                && l.contains("CN=someone else's CA")),
+        "the refusal names the untrusted issuer:\n{logs}"
+    );
     // The app never saw any of them: the only request counted is none.
     assert_eq!(
         sample(&env.metrics(), "kube_mtls_sidecar_requests_total"),
