@@ -187,6 +187,8 @@ struct Input {
     profiles: Vec<Profile>,
     namespace_default_profile: Option<u8>,
     native_default: bool,
+    /// The webhook's --cni-mode.
+    cni_mode: bool,
 }
 
 const PROBE_FIELDS: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
@@ -357,7 +359,8 @@ fuzz_target!(|input: Input| {
             .collect(),
         namespaces: vec![namespace],
     };
-    let defaults = unset_defaults(input.native_default);
+    let mut defaults = unset_defaults(input.native_default);
+    defaults.cni_mode = input.cni_mode;
 
     let Ok((resolved, _warnings)) = kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults) else {
         return; // refused with a reason: fine

@@ -13,6 +13,7 @@ use clap::Parser;
 use kube_mtls_webhook::admission::{self, Decision, Skip};
 use kube_mtls_webhook::resolve::Defaults;
 use kube_mtls_webhook::cluster::ClusterView;
+use kube_mtls_contract::names::{CNI_REDIRECT, VALIDATE_NAME};
 use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
 use serde_json::Value;
 
@@ -79,17 +80,7 @@ pub fn check_injection(
         other => panic!("the injected pod is not seen as injected: {other:?}\npatched: {patched}"),
     }
 
-    // The init container: its args through kube-mtls-init's parser and validation.
-    let init = container(&patched, "initContainers", INIT_NAME)
-        .unwrap_or_else(|| panic!("no {INIT_NAME} in the patched pod: {patched}"));
-    let init_args = args(init);
-    let parsed = kube_mtls_init::config::Args::try_parse_from(
-        std::iter::once("kube-mtls-init".to_owned()).chain(init_args.iter().cloned()),
-    )
-    .unwrap_or_else(|e| panic!("kube-mtls-init refuses its injected args {init_args:?}: {e}"));
-    if let Err(e) = kube_mtls_init::config::Config::from_args(&parsed) {
-        panic!("kube-mtls-init refuses its injected args {init_args:?}: {e}");
-    }
+    check_redirect(&patched);
 
     // The sidecar: args and env (as flags), the cert dir swapped for one that exists.
     let sidecar = container(&patched, "initContainers", SIDECAR_NAME)
@@ -128,4 +119,39 @@ pub fn check_injection(
         panic!("kube-mtls-sidecar refuses its injected args {sidecar_args:?} {env:?}: {e}");
     }
     patched
+}
+
+/// `kube-mtls-init`'s args through its own parser and validation.
+fn init_accepts(init_args: &[String], what: &str) {
+    let parsed = kube_mtls_init::config::Args::try_parse_from(
+        std::iter::once("kube-mtls-init".to_owned()).chain(init_args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("kube-mtls-init refuses {what} {init_args:?}: {e}"));
+    if let Err(e) = kube_mtls_init::config::Config::from_args(&parsed) {
+        panic!("kube-mtls-init refuses {what} {init_args:?}: {e}");
+    }
+}
+
+/// Whichever way the pod's rules come: the init container's args, or (CNI
+/// mode) the validation container's args and the annotation the CNI plugin
+/// applies, with no capability added to any container of the pod.
+fn check_redirect(patched: &Value) {
+    if let Some(validate) = container(patched, "initContainers", VALIDATE_NAME) {
+        let validate_args = args(validate);
+        assert!(validate_args.iter().any(|a| a == "--validate"), "{validate_args:?}");
+        init_accepts(&validate_args, "the validation container's args");
+        let annotation = patched
+            .pointer(&format!("/metadata/annotations/{}", CNI_REDIRECT.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("CNI mode without {CNI_REDIRECT}: {patched}"));
+        let listed: Vec<String> = serde_json::from_str(annotation)
+            .unwrap_or_else(|e| panic!("{CNI_REDIRECT} is not a list of strings: {e}: {annotation}"));
+        init_accepts(&listed, "the CNI plugin's annotation");
+        assert!(container(patched, "initContainers", INIT_NAME).is_none(), "{patched}");
+        assert!(!patched.to_string().contains("NET_ADMIN"), "CNI mode added NET_ADMIN: {patched}");
+        return;
+    }
+    let init = container(patched, "initContainers", INIT_NAME)
+        .unwrap_or_else(|| panic!("no {INIT_NAME} in the patched pod: {patched}"));
+    init_accepts(&args(init), "its injected args");
 }
