@@ -62,6 +62,28 @@ pub const CERT_FILES: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
 /// The trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The ConfigMap, in every namespace with injected workloads, that holds the
+/// CA certificates peers may chain to (the webhook's controller keeps it).
+pub const TRUST_CONFIGMAP: &str = "kube-mtls-trust";
+/// The master trust bundle, in the webhook's namespace: every namespace's
+/// [`TRUST_CONFIGMAP`] is a copy of its [`TRUST_BUNDLE_KEY`].
+pub const TRUST_MASTER_CONFIGMAP: &str = "kube-mtls-trust-bundle";
+/// The key of the PEM bundle in both ConfigMaps, and the file's name in the pod.
+pub const TRUST_BUNDLE_KEY: &str = "ca-bundle.crt";
+/// The master's key recording how long each CA stays (JSON: SHA-256
+/// fingerprint -> subject, notAfter, retainUntil or `current`).
+pub const TRUST_RETENTION_KEY: &str = "retention.json";
+/// Annotation on the master ConfigMap: SHA-256 fingerprints (or unique
+/// prefixes of at least 8 hex digits), comma-separated, of previous CAs to
+/// drop before their retention ends. The current CA is never dropped.
+pub const TRUST_RETIRE: &str = "kube-mtls.io/retire";
+/// The ConfigMap volume of [`TRUST_CONFIGMAP`] in an injected pod.
+pub const TRUST_VOLUME: &str = "kube-mtls-trust";
+/// Where the trust volume is mounted, read-only.
+pub const TRUST_DIR: &str = "/var/run/kube-mtls/trust";
+/// The bundle file the sidecar's `--trust-bundle` names: [`TRUST_DIR`]/[`TRUST_BUNDLE_KEY`].
+pub const TRUST_BUNDLE_PATH: &str = "/var/run/kube-mtls/trust/ca-bundle.crt";
+
 /// The names of one workload identity: a service account in a namespace,
 /// in a trust domain. Every name derived from an identity comes from here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,5 +136,10 @@ mod tests {
         assert_eq!(id.certificate_name(), "kube-mtls-orders");
         assert_eq!(id.secret_name(), "kube-mtls-orders-tls");
         assert_eq!(id.spiffe_id(), "spiffe://cluster.local/ns/shop/sa/orders");
+    }
+
+    #[test]
+    fn the_trust_bundle_file_is_the_configmap_key_in_the_mounted_directory() {
+        assert_eq!(TRUST_BUNDLE_PATH, format!("{TRUST_DIR}/{TRUST_BUNDLE_KEY}"));
     }
 }

@@ -10,24 +10,25 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use clap::Parser;
-use kube_mtls_webhook::admission::{self, Decision, Skip};
-use kube_mtls_webhook::resolve::Defaults;
-use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_contract::names::{CNI_REDIRECT, VALIDATE_NAME};
+use kube_mtls_webhook::admission::{self, Decision, Skip};
+use kube_mtls_webhook::cluster::ClusterView;
 use kube_mtls_webhook::patch::{INIT_NAME, SIDECAR_NAME};
+use kube_mtls_webhook::resolve::Defaults;
 use serde_json::Value;
 
 /// The webhook's namespace in every target.
 pub const OWN_NAMESPACE: &str = "kube-mtls";
 
-/// A directory with empty `tls.crt`, `tls.key` and `ca.crt`: the sidecar's
-/// flag validation only checks that they are files.
+/// A directory with empty `tls.crt`, `tls.key`, `ca.crt` and `ca-bundle.crt`
+/// (the trust bundle): the sidecar's flag validation only checks that they
+/// are files.
 fn cert_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("kube-mtls-fuzz-certs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the fuzz cert dir");
-        for f in ["tls.crt", "tls.key", "ca.crt"] {
+        for f in ["tls.crt", "tls.key", "ca.crt", "ca-bundle.crt"] {
             std::fs::write(dir.join(f), b"").expect("write a fuzz cert file");
         }
         dir
@@ -82,15 +83,24 @@ pub fn check_injection(
 
     check_redirect(&patched);
 
-    // The sidecar: args and env (as flags), the cert dir swapped for one that exists.
+    // The sidecar: args and env (as flags), the cert dir and the trust
+    // bundle swapped for ones that exist.
     let sidecar = container(&patched, "initContainers", SIDECAR_NAME)
         .or_else(|| container(&patched, "containers", SIDECAR_NAME))
         .unwrap_or_else(|| panic!("no {SIDECAR_NAME} in the patched pod: {patched}"));
-    let mut sidecar_args: Vec<String> = args(sidecar)
+    let all_args = args(sidecar);
+    let bundle = all_args.iter().any(|a| a.starts_with("--trust-bundle="));
+    let mut sidecar_args: Vec<String> = all_args
         .into_iter()
-        .filter(|a| !a.starts_with("--cert-dir="))
+        .filter(|a| !a.starts_with("--cert-dir=") && !a.starts_with("--trust-bundle="))
         .collect();
     sidecar_args.push(format!("--cert-dir={}", cert_dir().display()));
+    if bundle {
+        sidecar_args.push(format!(
+            "--trust-bundle={}",
+            cert_dir().join("ca-bundle.crt").display()
+        ));
+    }
     let mut env = Vec::new();
     for e in sidecar
         .get("env")
@@ -138,17 +148,30 @@ fn init_accepts(init_args: &[String], what: &str) {
 fn check_redirect(patched: &Value) {
     if let Some(validate) = container(patched, "initContainers", VALIDATE_NAME) {
         let validate_args = args(validate);
-        assert!(validate_args.iter().any(|a| a == "--validate"), "{validate_args:?}");
+        assert!(
+            validate_args.iter().any(|a| a == "--validate"),
+            "{validate_args:?}"
+        );
         init_accepts(&validate_args, "the validation container's args");
         let annotation = patched
-            .pointer(&format!("/metadata/annotations/{}", CNI_REDIRECT.replace('/', "~1")))
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                CNI_REDIRECT.replace('/', "~1")
+            ))
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("CNI mode without {CNI_REDIRECT}: {patched}"));
-        let listed: Vec<String> = serde_json::from_str(annotation)
-            .unwrap_or_else(|e| panic!("{CNI_REDIRECT} is not a list of strings: {e}: {annotation}"));
+        let listed: Vec<String> = serde_json::from_str(annotation).unwrap_or_else(|e| {
+            panic!("{CNI_REDIRECT} is not a list of strings: {e}: {annotation}")
+        });
         init_accepts(&listed, "the CNI plugin's annotation");
-        assert!(container(patched, "initContainers", INIT_NAME).is_none(), "{patched}");
-        assert!(!patched.to_string().contains("NET_ADMIN"), "CNI mode added NET_ADMIN: {patched}");
+        assert!(
+            container(patched, "initContainers", INIT_NAME).is_none(),
+            "{patched}"
+        );
+        assert!(
+            !patched.to_string().contains("NET_ADMIN"),
+            "CNI mode added NET_ADMIN: {patched}"
+        );
         return;
     }
     let init = container(patched, "initContainers", INIT_NAME)

@@ -1,6 +1,7 @@
 //! Certificates as the API server sees them: does a webhook configuration's
 //! caBundle verify the webhook's serving certificate for the Service's DNS
-//! name, and when does a certificate expire.
+//! name, and when does a certificate expire; and as a sidecar sees them:
+//! does a trust bundle verify a workload's certificate chain.
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -81,6 +82,43 @@ pub fn verify_serving(
             name: dns_name.to_owned(),
             why: format!("{e:?}"),
         })
+}
+
+/// Whether `anchors` verify the workload chain `chain` (leaf first, then what
+/// the workload sends with it when `with_intermediates`) as a sidecar verifies
+/// a client at `now`.
+pub fn verifies(
+    anchors: &[CertificateDer<'_>],
+    chain: &[CertificateDer<'_>],
+    with_intermediates: bool,
+    now: i64,
+) -> bool {
+    let Ok(anchors) = anchors
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(ee) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let intermediates = if with_intermediates { rest } else { &[] };
+    let time =
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0).unsigned_abs()));
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        intermediates,
+        time,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .is_ok()
 }
 
 /// The certificate's notAfter, in seconds since the epoch.

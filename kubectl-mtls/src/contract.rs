@@ -24,10 +24,15 @@ pub use kube_mtls_webhook::resolve::{Defaults, Resolved};
 pub use kube_mtls_webhook::resolve::resolve;
 
 pub use kube_mtls_contract::names::{
-    CNI_BINARY, MODE, POLICY, VALIDATE_NAME, VALIDATION_FAILED_EXIT,
+    CNI_BINARY, MODE, POLICY, TRUST_BUNDLE_KEY, TRUST_CONFIGMAP, TRUST_MASTER_CONFIGMAP,
+    TRUST_RETIRE, VALIDATE_NAME, VALIDATION_FAILED_EXIT,
 };
+pub use kube_mtls_webhook::certificate::MANAGED_BY;
 use kube_mtls_webhook::cli::{Cli, Command, FlagError};
 pub use kube_mtls_webhook::cli::{InjectionFlags, NATIVE_SIDECAR_MINOR, has_native_sidecars};
+/// The trust bundle as the webhook's controller writes and reads it.
+pub use kube_mtls_webhook::trust::TrustSource;
+pub use kube_mtls_webhook::trust::bundle::{Bundle, Retain};
 
 /// The label the chart puts on everything it installs.
 pub const CHART_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kube-mtls");

@@ -561,3 +561,197 @@ async fn in_the_default_mode_no_node_lines_are_shown() {
     );
     assert!(!check::failed(&lines), "{lines:#?}");
 }
+
+const MASTER: &str = "/api/v1/namespaces/kube-mtls/configmaps/kube-mtls-trust-bundle";
+const WEB_TRUST: &str = "/api/v1/namespaces/web/configmaps/kube-mtls-trust";
+
+/// Fingerprint prefix of a CA as the check names it.
+fn short_fp(ca: &TestCa) -> String {
+    common::ca_cert(ca).fingerprint[..12].to_owned()
+}
+
+/// Mid-rotation: `old` is the previous CA, `new` the current one; `web` has
+/// both in its bundle, `front` still holds a certificate from `old`, `api`
+/// one from `new`.
+fn mid_rotation() -> (Fake, TestCa, TestCa) {
+    let (mut f, _ca) = healthy();
+    let (old, new) = (TestCa::new("workload CA"), TestCa::new("workload CA"));
+    f.trust_bundle(&[&new], &[(&old, NOW_2030 + 86_400)]);
+    f.trust_configmap("web", &[&old, &new]);
+    f.workload("web", "front", &old);
+    f.workload("web", "api", &new);
+    (f, old, new)
+}
+
+#[tokio::test]
+async fn the_trust_bundle_lines_say_which_cas_are_trusted_and_the_healthy_one_passes() {
+    let (f, _ca) = healthy();
+    let lines = run(f).await;
+    assert_line(&lines, "trust-bundle CA ", Level::Pass, "current");
+    assert_line(
+        &lines,
+        "trust-bundle CA ",
+        Level::Pass,
+        "CN=kube-mtls workload CA",
+    );
+    assert_line(
+        &lines,
+        "workload certificates",
+        Level::Pass,
+        "1 live workload certificates, all from the current CA",
+    );
+    assert_line(&lines, "trust-bundle/web", Level::Pass, "every CA");
+}
+
+#[tokio::test]
+async fn mid_rotation_the_previous_ca_and_the_workloads_still_on_it_are_counted() {
+    let (f, old, new) = mid_rotation();
+    let lines = run(f).await;
+    assert!(!check::failed(&lines), "{lines:#?}");
+    let old_line = format!("trust-bundle CA {}", short_fp(&old));
+    assert_line(
+        &lines,
+        &old_line,
+        Level::Pass,
+        "previous CA, trusted until 2030-01-02T00:00:00Z",
+    );
+    assert_line(&lines, &old_line, Level::Pass, "kube-mtls.io/retire=");
+    let new_line = format!("trust-bundle CA {}", short_fp(&new));
+    assert_line(&lines, &new_line, Level::Pass, ": current");
+    assert_line(
+        &lines,
+        "workload certificates",
+        Level::Warn,
+        "1 of 2 live workload certificates are still from a previous CA (in web)",
+    );
+    assert!(
+        line(&lines, "workload certificates")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("cmctl renew --all -n web"))
+    );
+    assert_line(
+        &lines,
+        "trust-bundle/web",
+        Level::Pass,
+        "every CA of the trust bundle (2)",
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_bundle_without_the_ca_of_a_live_certificate_fails_with_the_fix() {
+    let (mut f, _old, new) = mid_rotation();
+    f.trust_configmap("web", &[&new]);
+    let lines = run(f).await;
+    assert_line(
+        &lines,
+        "trust-bundle/web",
+        Level::Fail,
+        "lacks the CA of 1 live workload certificates (web/kube-mtls-front-tls)",
+    );
+    let fix = line(&lines, "trust-bundle/web")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        fix.contains("kubectl -n web delete configmap kube-mtls-trust")
+            && fix.contains("logs deployment/kube-mtls-webhook"),
+        "{fix}"
+    );
+    assert!(check::failed(&lines));
+}
+
+#[tokio::test]
+async fn a_namespace_bundle_not_yet_updated_warns_and_a_missing_one_fails() {
+    let (mut f, old, _new) = mid_rotation();
+    f.trust_configmap("web", &[&old]);
+    f.remove("/api/v1/namespaces/web/secrets/kube-mtls-api-tls");
+    assert_line(
+        &run(f.clone()).await,
+        "trust-bundle/web",
+        Level::Warn,
+        "does not have every CA of the trust bundle yet (missing CN=workload CA",
+    );
+    f.remove(WEB_TRUST);
+    let lines = run(f).await;
+    assert_line(
+        &lines,
+        "trust-bundle/web",
+        Level::Fail,
+        "no ConfigMap kube-mtls-trust",
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_ca_outside_the_bundle_fails() {
+    let (mut f, _ca) = healthy();
+    f.workload("web", "legacy", &TestCa::new("retired too early"));
+    let lines = run(f).await;
+    assert_line(
+        &lines,
+        "workload certificates",
+        Level::Fail,
+        "1 of 2 live workload certificates chain to no CA in the trust bundle (web/kube-mtls-legacy-tls)",
+    );
+}
+
+#[tokio::test]
+async fn an_intermediate_ca_with_its_root_counts_its_certificates_as_current() {
+    let (mut f, _ca) = healthy();
+    let root = TestCa::new("corp root");
+    let mid = root.intermediate("corp workload CA", Validity::Current);
+    f.trust_bundle(&[&root, &mid], &[]);
+    f.trust_configmap("web", &[&root, &mid]);
+    f.workload("web", "front", &mid);
+    let lines = run(f).await;
+    assert!(!check::failed(&lines), "{lines:#?}");
+    assert_line(
+        &lines,
+        "workload certificates",
+        Level::Pass,
+        "all from the current CA",
+    );
+    assert_line(
+        &lines,
+        &format!("trust-bundle CA {}", short_fp(&mid)),
+        Level::Pass,
+        "CN=corp workload CA",
+    );
+}
+
+#[tokio::test]
+async fn without_a_master_bundle_the_check_warns_and_with_the_secret_source_it_skips() {
+    let (mut f, _ca) = healthy();
+    f.remove(MASTER);
+    let lines = run(f.clone()).await;
+    assert_line(
+        &lines,
+        "trust-bundle",
+        Level::Warn,
+        "no kube-mtls-trust-bundle in kube-mtls",
+    );
+    assert!(
+        line(&lines, "trust-bundle")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("trustBundle.source=secret"))
+    );
+    f.set_webhook_arg("trust-bundle-source", "secret");
+    let lines = run(f).await;
+    assert_line(
+        &lines,
+        "trust-bundle",
+        Level::Skip,
+        "--trust-bundle-source=secret",
+    );
+    assert!(lines.iter().all(|l| l.check != "workload certificates"));
+}
+
+#[tokio::test]
+async fn a_current_ca_close_to_its_end_warns_to_rotate() {
+    let (f, _ca) = healthy();
+    let mut o = opts();
+    o.now = 3_944_678_400 - 86_400; // the test CA ends 2095-01-01
+    let lines = run_with(f, o).await;
+    assert_line(&lines, "trust-bundle CA ", Level::Warn, "close to its end");
+}

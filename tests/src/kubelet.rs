@@ -3,12 +3,15 @@
 //! command and arguments with only the capabilities it asks for; the sidecar
 //! runs its command, arguments and environment under its UID, with the
 //! certificate Secret laid out as kubelet does (`..data` symlinks) and mounted
-//! where the spec says (a private bind mount in its own mount namespace).
+//! where the spec says (a private bind mount in its own mount namespace). A
+//! pod that mounts the trust bundle (`kube-mtls-trust`) gets the Secret's
+//! `ca.crt` as its `ca-bundle.crt`: the bundle the controller would keep for
+//! a cluster with one CA.
 //!
 //! Used for pods the offline injector printed and for pods read back from a
 //! real API server, so both run through the same steps.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -19,6 +22,8 @@ use crate::process::output;
 
 /// The certificate volume the webhook adds.
 pub const CERT_VOLUME: &str = "kube-mtls-certs";
+/// The trust bundle volume the webhook adds (a ConfigMap).
+pub const TRUST_VOLUME: &str = "kube-mtls-trust";
 
 /// An injected pod running in a network namespace.
 pub struct RunningPod {
@@ -37,11 +42,15 @@ pub fn run_injected(spec: &Value, secret: &Issued, app_ports: &[u16]) -> Running
     let certs = KubeletDir::create(&pod.dir.join("secret"), secret).expect("Secret volume");
     pod.start_app(app_ports);
     run_init(&pod, container(spec, "initContainers", "kube-mtls-init"));
-    start_sidecar(
-        &mut pod,
-        container(spec, "initContainers", "kube-mtls-sidecar"),
-        &certs.path,
-    );
+    let sidecar = container(spec, "initContainers", "kube-mtls-sidecar");
+    let mut mounts = vec![(mount_path(sidecar, CERT_VOLUME), certs.path.clone())];
+    if sidecar["volumeMounts"].to_string().contains(TRUST_VOLUME) {
+        let trust = pod.dir.join("trust");
+        std::fs::create_dir_all(&trust).expect("trust bundle volume");
+        std::fs::write(trust.join("ca-bundle.crt"), &secret.ca_pem).expect("ca-bundle.crt");
+        mounts.push((mount_path(sidecar, TRUST_VOLUME), trust));
+    }
+    start_sidecar(&mut pod, sidecar, &mounts);
     RunningPod {
         pod,
         certs,
@@ -101,22 +110,32 @@ fn run_init(pod: &Pod, init: &Value) {
     );
 }
 
-/// Starts the sidecar under its UID with the Secret at its mount path.
-fn start_sidecar(pod: &mut Pod, sidecar: &Value, secret_dir: &Path) {
-    let mount = sidecar["volumeMounts"]
+/// Where the sidecar mounts the volume `name`.
+fn mount_path(sidecar: &Value, name: &str) -> String {
+    sidecar["volumeMounts"]
         .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["name"] == CERT_VOLUME))
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
         .and_then(|m| m["mountPath"].as_str())
-        .expect("the sidecar mounts the certificate volume")
-        .to_owned();
+        .unwrap_or_else(|| panic!("the sidecar does not mount {name}"))
+        .to_owned()
+}
+
+/// Starts the sidecar under its UID with each `(mount path, directory)` bound.
+fn start_sidecar(pod: &mut Pod, sidecar: &Value, mounts: &[(String, PathBuf)]) {
     let uid = sidecar["securityContext"]["runAsUser"]
         .as_u64()
         .expect("the sidecar sets runAsUser");
-    let mut script = format!(
-        "mkdir -p {mount} && mount --bind {} {mount} && exec setpriv --reuid={uid} --regid={uid} --clear-groups {}",
-        secret_dir.display(),
+    let mut script = String::new();
+    for (mount, dir) in mounts {
+        script.push_str(&format!(
+            "mkdir -p {mount} && mount --bind {} {mount} && ",
+            dir.display()
+        ));
+    }
+    script.push_str(&format!(
+        "exec setpriv --reuid={uid} --regid={uid} --clear-groups {}",
         command_bin(sidecar).display()
-    );
+    ));
     for a in strings(&sidecar["args"]) {
         script.push_str(&format!(" '{a}'"));
     }

@@ -2,7 +2,8 @@
 //!
 //! [`decide`] is the whole policy and does no I/O: skip, inject (with the patch),
 //! or reject (with the reason). [`Admission::review`] wraps it with the wire
-//! format, the Certificate for the pod's identity, metrics and events.
+//! format, the Certificate for the pod's identity, the namespace's trust
+//! bundle ConfigMap when it has none yet, metrics and events.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use crate::events::Recorder;
 use crate::metrics::Metrics;
 use crate::patch::{self, Injection};
 use crate::resolve::{self, Defaults, Resolved};
+use crate::trust::controller::ensure_namespace_configmap;
 
 pub use crate::skip::Skip;
 
@@ -207,6 +209,9 @@ impl Admission {
                             .await);
                     }
                 }
+                if resolved.trust_bundle && !dry_run {
+                    self.ensure_trust_configmap(namespace).await;
+                }
                 let patch = serde_json::to_vec(&injection.ops).unwrap_or_default();
                 self.metrics.injected.inc();
                 tracing::info!(namespace, pod = %pod_name, identity = %resolved.identity(), "injected");
@@ -231,6 +236,25 @@ impl Admission {
         };
         self.metrics.observe_latency(started.elapsed());
         Ok(out)
+    }
+
+    /// The namespace's `kube-mtls-trust`, created when the controller's
+    /// cache has none (a namespace's first injected pod); nothing is sent when
+    /// it exists. A failure only delays the pod (its volume waits for the
+    /// ConfigMap, which the controller also creates), so it is logged.
+    async fn ensure_trust_configmap(&self, namespace: &str) {
+        let (Some(client), Some(trust)) = (&self.client, self.view.trust()) else {
+            return;
+        };
+        if trust.has_configmap(namespace) {
+            return;
+        }
+        let Some(pem) = trust.shared.bundle() else {
+            return;
+        };
+        if let Err(e) = ensure_namespace_configmap(client, namespace, &pem).await {
+            tracing::warn!(namespace, error = %e, "cannot create the trust bundle ConfigMap kube-mtls-trust; the controller retries. Fix: the webhook's RBAC must allow create and patch on configmaps");
+        }
     }
 
     async fn rejected(

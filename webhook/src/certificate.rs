@@ -1,7 +1,8 @@
 //! The cert-manager `Certificate` of a workload identity.
 //!
 //! One Certificate per service account and namespace, named `kube-mtls-<sa>`
-//! and writing the Secret `kube-mtls-<sa>-tls` that injected pods mount (the
+//! and writing the Secret `kube-mtls-<sa>-tls` (labelled, like the
+//! Certificate, `app.kubernetes.io/managed-by=kube-mtls`) that injected pods mount (the
 //! rule is `kube_mtls_contract::names::Identity`). Everything resolved for the pod at admission
 //! is recorded on the Certificate as `kube-mtls.io/*` annotations: trust
 //! domain, DNS names, issuer, and the lifetime (`kube-mtls.io/duration`,
@@ -157,6 +158,9 @@ impl DesiredCertificate {
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
             "issuerRef": {"group": "cert-manager.io", "kind": self.issuer.kind, "name": self.issuer.name},
+            // The Secret carries the label too, so `kubectl mtls check` lists
+            // workload Secrets by label (which CA issued each, mid-rotation).
+            "secretTemplate": {"labels": {MANAGED_BY.0: MANAGED_BY.1}},
         });
         if !self.dns_names.is_empty() {
             spec["dnsNames"] = json!(self.dns_names);

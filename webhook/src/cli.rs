@@ -16,6 +16,7 @@ use kube_mtls_contract::names::DEFAULT_TRUST_DOMAIN;
 use kube_mtls_contract::sidecar::{MtlsMode, Policy};
 
 use crate::resolve::Defaults;
+use crate::trust::TrustSource;
 
 /// The first Kubernetes minor version with native sidecars (init containers
 /// with `restartPolicy: Always`), which `--native-sidecar=auto` chooses from.
@@ -193,6 +194,22 @@ pub struct InjectionFlags {
     /// audit (let them through, count them as would_deny).
     #[arg(long, env = "KUBE_MTLS_DEFAULT_POLICY", value_enum, default_value_t)]
     pub default_policy: Policy,
+    /// Where sidecars take the CAs they verify peers with. configmap: the
+    /// ConfigMap kube-mtls-trust, which the webhook's controller keeps in
+    /// every namespace with injected workloads from the --issuer's CA Secret
+    /// (a cert-manager CA issuer), holding every CA a live certificate may
+    /// chain to, so a CA rotation cuts no traffic. secret: each pod's own
+    /// Secret's ca.crt, for issuers that are not CA issuers (Vault, ACME,
+    /// external issuers), whose CA the webhook cannot read; a CA rotation then
+    /// cuts traffic until every workload is re-issued. With configmap and
+    /// such an issuer, pods get secret, with a warning.
+    #[arg(
+        long,
+        env = "KUBE_MTLS_TRUST_BUNDLE_SOURCE",
+        value_enum,
+        default_value_t
+    )]
+    pub trust_bundle_source: TrustSource,
 }
 
 impl InjectionFlags {
@@ -220,6 +237,7 @@ impl InjectionFlags {
             cni_mode: self.cni_mode,
             mode: self.default_mode,
             policy: self.default_policy,
+            trust_source: self.trust_bundle_source,
         })
     }
 }
@@ -255,9 +273,19 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBE_MTLS_NAMESPACE", default_value = "kube-mtls")]
     pub namespace: String,
     /// Serve without a Kubernetes API connection: no MtlsProfiles, no
-    /// namespace labels, no Certificates, no Events.
+    /// namespace labels, no Certificates, no Events, no trust bundle (pods
+    /// trust their own Secret's ca.crt).
     #[arg(long, env = "KUBE_MTLS_STANDALONE")]
     pub standalone: bool,
+    /// cert-manager's cluster resource namespace, where a CA ClusterIssuer's
+    /// Secret lives (cert-manager's own --cluster-resource-namespace): the
+    /// trust bundle reads the --issuer's CA from there.
+    #[arg(
+        long,
+        env = "KUBE_MTLS_CLUSTER_RESOURCE_NAMESPACE",
+        default_value = "cert-manager"
+    )]
+    pub cluster_resource_namespace: String,
 }
 
 /// Flags of `inject`.
@@ -375,6 +403,32 @@ mod tests {
                 .is_ok_and(|d| d.cni_mode)
         );
         assert!(!unset_defaults(true).cni_mode);
+    }
+
+    #[test]
+    fn the_trust_bundle_source_and_cluster_resource_namespace_have_flags_and_variables() {
+        let (_, none) = serve(&["serve"], &[]);
+        assert_eq!(none.injection.trust_bundle_source, TrustSource::ConfigMap);
+        assert_eq!(none.cluster_resource_namespace, "cert-manager");
+        let (_, s) = serve(
+            &["serve", "--trust-bundle-source=secret"],
+            &[("KUBE_MTLS_CLUSTER_RESOURCE_NAMESPACE", "certs")],
+        );
+        assert_eq!(s.injection.trust_bundle_source, TrustSource::Secret);
+        assert_eq!(s.cluster_resource_namespace, "certs");
+        let (_, e) = serve(&["serve"], &[("KUBE_MTLS_TRUST_BUNDLE_SOURCE", "secret")]);
+        assert_eq!(
+            e.injection
+                .resolution_defaults(true)
+                .map(|d| d.trust_source)
+                .ok(),
+            Some(TrustSource::Secret)
+        );
+        let argv = ["kube-mtls-webhook", "serve", "--trust-bundle-source=bundle"];
+        let err = Cli::try_parse_with_env(argv, |_| None)
+            .err()
+            .expect("not configmap or secret");
+        assert!(err.to_string().contains("--trust-bundle-source"), "{err}");
     }
 
     #[test]

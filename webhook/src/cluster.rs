@@ -1,11 +1,13 @@
 //! What the webhook knows of the cluster: MtlsProfiles and namespaces, read
 //! from kube-runtime reflector caches (never from the API server per request),
-//! or given as plain values for offline injection and tests.
+//! or given as plain values for offline injection and tests; and, live, the
+//! trust bundle's state from its controller.
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::profile::{MtlsProfile, MtlsProfileSpec};
+use crate::trust::TrustView;
 use kube_mtls_contract::names::{INJECT, PROFILE};
 
 /// Profiles and namespaces, live or fixed.
@@ -15,12 +17,25 @@ pub enum ClusterView {
     Live {
         profiles: Store<MtlsProfile>,
         namespaces: Store<Namespace>,
+        /// The trust bundle's controller; `None`: there is none.
+        trust: Option<TrustView>,
     },
     /// Fixed values (offline injection, tests).
     Fixed {
         profiles: Vec<MtlsProfile>,
         namespaces: Vec<Namespace>,
     },
+}
+
+/// Whether injected pods can be given the trust bundle now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAvailability {
+    /// The controller has one (always, offline: the controller will).
+    Ready,
+    /// Not yet: pods trust their own Secret's `ca.crt` meanwhile.
+    Pending,
+    /// The issuer's CA cannot be followed: why, with the fix.
+    Unavailable(String),
 }
 
 impl ClusterView {
@@ -56,6 +71,30 @@ impl ClusterView {
                 .iter()
                 .find(|n| n.metadata.name.as_deref() == Some(namespace))
                 .and_then(f),
+        }
+    }
+
+    /// Whether pods can be given the trust bundle (no API call: in memory).
+    pub fn trust_bundle(&self) -> TrustAvailability {
+        let trust = match self {
+            ClusterView::Fixed { .. } => return TrustAvailability::Ready,
+            ClusterView::Live { trust: None, .. } => return TrustAvailability::Pending,
+            ClusterView::Live { trust: Some(t), .. } => t,
+        };
+        if trust.shared.bundle().is_some() {
+            return TrustAvailability::Ready;
+        }
+        match trust.shared.fallback() {
+            Some(why) => TrustAvailability::Unavailable(why),
+            None => TrustAvailability::Pending,
+        }
+    }
+
+    /// The live trust bundle's view, for admission to create a missing ConfigMap.
+    pub fn trust(&self) -> Option<&TrustView> {
+        match self {
+            ClusterView::Live { trust, .. } => trust.as_ref(),
+            ClusterView::Fixed { .. } => None,
         }
     }
 

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
@@ -117,14 +117,16 @@ fn error_policy(_: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) 
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Runs the controller until the stream ends.
-pub async fn run(ctx: Context) {
+/// Builds the controller: the store of the Certificates it watches (the
+/// trust bundle's controller reads their namespaces from it), and the future
+/// that runs it until the stream ends.
+pub fn start(ctx: Context) -> (Store<DynamicObject>, impl std::future::Future<Output = ()>) {
     let ar = certificate::api_resource();
     let certs: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ar);
     let accounts: Api<ServiceAccount> = Api::all(ctx.client.clone());
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let ar_for_map = ar.clone();
-    Controller::new_with(certs, watcher::Config::default().labels(&selector), ar)
+    let controller = Controller::new_with(certs, watcher::Config::default().labels(&selector), ar)
         .watches(
             accounts,
             watcher::Config::default(),
@@ -133,12 +135,14 @@ pub async fn run(ctx: Context) {
                 let name = names::certificate_name(&sa.name_any());
                 Some(ObjectRef::new_with(&name, ar_for_map.clone()).within(&ns))
             },
-        )
+        );
+    let store = controller.store();
+    let run = controller
         .run(reconcile, error_policy, Arc::new(ctx))
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    (store, run)
 }

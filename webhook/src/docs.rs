@@ -7,8 +7,9 @@
 use clap::CommandFactory;
 use kube_mtls_contract::doc::{fixed_names, flag_table};
 use kube_mtls_contract::names::{
-    CNI_BINARY, CNI_REDIRECT, INIT_BINARY, INIT_NAME, RUN_VOLUME, STATUS, VALIDATE_NAME,
-    VALIDATION_FAILED_EXIT,
+    CNI_BINARY, CNI_REDIRECT, INIT_BINARY, INIT_NAME, RUN_VOLUME, STATUS, TRUST_BUNDLE_KEY,
+    TRUST_BUNDLE_PATH, TRUST_CONFIGMAP, TRUST_DIR, TRUST_MASTER_CONFIGMAP, TRUST_RETENTION_KEY,
+    TRUST_RETIRE, TRUST_VOLUME, VALIDATE_NAME, VALIDATION_FAILED_EXIT,
 };
 use kube_mtls_contract::{init, sidecar};
 
@@ -38,6 +39,7 @@ pub fn contract_page() -> String {
          admission. The controller restores the Certificate from these, not from the flags.\n",
     );
     out.push_str(&cni_mode());
+    out.push_str(&trust_bundle());
     out.push_str("\n## `kube-mtls-sidecar`\n\n");
     out.push_str(&flag_table(&sidecar::Args::command()));
     out.push_str("\n## `kube-mtls-init`\n\n");
@@ -83,5 +85,24 @@ fn cni_mode() -> String {
          - `{STATUS}` says `\"redirect\": \"cni\"` (`\"init\"` otherwise).\n\n\
          No pod annotation or MtlsProfile turns CNI mode off for a pod; a `{CNI_REDIRECT}` the pod brings \
          is replaced.\n"
+    )
+}
+
+/// What `--trust-bundle-source=configmap` adds to an injected pod, and the
+/// ConfigMaps behind it.
+fn trust_bundle() -> String {
+    format!(
+        "\n## Trust bundle\n\n\
+         With `--trust-bundle-source=configmap` (the default) and a pod whose certificate comes from the \
+         webhook's `--issuer`, the pod gets a volume `{TRUST_VOLUME}` from the ConfigMap `{TRUST_CONFIGMAP}` of \
+         its namespace, mounted read-only in the sidecar at `{TRUST_DIR}`, and the sidecar's \
+         `--trust-bundle={TRUST_BUNDLE_PATH}`; `{STATUS}` says `\"trust\": \"configmap\"` (`\"secret\"` when \
+         the sidecar trusts its own Secret's `ca.crt`).\n\n\
+         The webhook's controller keeps `{TRUST_CONFIGMAP}` (key `{TRUST_BUNDLE_KEY}`) in every namespace with \
+         injected workloads equal to the master ConfigMap `{TRUST_MASTER_CONFIGMAP}` in its own namespace \
+         (keys `{TRUST_BUNDLE_KEY}` and `{TRUST_RETENTION_KEY}`: per SHA-256 fingerprint, the CA's subject, \
+         notAfter and `retainUntil`, or `current`). The annotation `{TRUST_RETIRE}` on the master names \
+         previous CAs (fingerprints or prefixes of at least 8 hex digits, comma-separated) to drop before \
+         their retention ends; the current CA is never dropped.\n"
     )
 }

@@ -1,5 +1,7 @@
 //! Kubernetes Events on the pod's owner ("Injected", "Skipped", "Rejected"), so
-//! `kubectl describe deployment` (or replicaset, job...) says what happened.
+//! `kubectl describe deployment` (or replicaset, job...) says what happened;
+//! and Warnings on other objects the webhook reads (the issuer whose CA the
+//! trust bundle cannot follow: `kubectl describe clusterissuer` says so).
 //!
 //! At admission the pod may not have a name yet, but its owner reference (set by
 //! the ReplicaSet or Job controller) does. Events are best effort: a failure to
@@ -58,6 +60,20 @@ impl Recorder {
             secondary: None,
         };
         if let Err(e) = self.inner.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not published");
+        }
+    }
+
+    /// A Warning Event on `reference` (best effort, as every Event here).
+    pub async fn warn_on(&self, reference: &ObjectReference, reason: &str, note: &str) {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "TrustBundle".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.inner.publish(&ev, reference).await {
             tracing::debug!(error = %e, "event not published");
         }
     }

@@ -14,6 +14,8 @@
 //! - [`resources`]: the sidecar's resource requests and limits, kept consistent.
 //! - [`offline`]: `inject -f` for GitOps, over [`yaml`] that reads and writes
 //!   values as kubectl does. [`server`]: HTTPS and health ports.
+//! - [`trust`]: the trust bundle (every CA a live workload certificate may
+//!   chain to), kept by a controller and mounted into injected pods.
 //! - [`events`], [`metrics`]. [`docs`]: the generated docs/contract.md.
 
 pub mod admission;
@@ -35,4 +37,5 @@ pub mod resolve;
 pub mod resources;
 pub mod server;
 pub mod skip;
+pub mod trust;
 pub mod yaml;

@@ -12,10 +12,15 @@
 //! rules with NET_ADMIN and NET_RAW, or in CNI mode `kube-mtls-validate`,
 //! which only checks that the CNI plugin installed them, beside the
 //! `kube-mtls.io/cni-redirect` annotation the plugin reads them from.
+//!
+//! With the trust bundle ([`Resolved::trust_bundle`]) the sidecar mounts the
+//! namespace's ConfigMap `kube-mtls-trust` read-only at
+//! `/var/run/kube-mtls/trust` and verifies peers against its `ca-bundle.crt`
+//! (`--trust-bundle`), not its own Secret's `ca.crt`.
 
 use kube_mtls_contract::names::{
     ADMIN_PORT, CERT_DIR, CNI_REDIRECT, INBOUND_PORT, INIT_BINARY, OUTBOUND_PORT, PROXY_GID,
-    PROXY_UID, SIDECAR_BINARY, STATUS,
+    PROXY_UID, SIDECAR_BINARY, STATUS, TRUST_BUNDLE_PATH, TRUST_CONFIGMAP, TRUST_DIR,
 };
 use kube_mtls_contract::probe::{
     AppProbes, GrpcProbe, HttpGetProbe, ProbeHeader, ProbeTarget, TcpSocketProbe,
@@ -26,7 +31,7 @@ use serde_json::{Value, json};
 use crate::resolve::Resolved;
 
 pub use kube_mtls_contract::names::{
-    CERT_VOLUME, INIT_NAME, RUN_VOLUME, SIDECAR_NAME, VALIDATE_NAME,
+    CERT_VOLUME, INIT_NAME, RUN_VOLUME, SIDECAR_NAME, TRUST_VOLUME, VALIDATE_NAME,
 };
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -76,6 +81,7 @@ pub fn sidecar_settings(r: &Resolved, probes: AppProbes) -> sidecar::Settings {
     sidecar::Settings {
         trust_domain: r.trust_domain.clone(),
         cert_dir: CERT_DIR.into(),
+        trust_bundle: r.trust_bundle.then(|| TRUST_BUNDLE_PATH.into()),
         inbound_port: INBOUND_PORT,
         admin_port: ADMIN_PORT,
         allowed_clients: r.allowed_clients.clone(),
@@ -148,6 +154,15 @@ fn validate_container(r: &Resolved, settings: &init::Settings) -> Value {
     })
 }
 
+/// The sidecar's mounts: its certificates, and the trust bundle when it has one.
+fn mounts(r: &Resolved) -> Value {
+    let mut m = vec![json!({"name": CERT_VOLUME, "mountPath": CERT_DIR, "readOnly": true})];
+    if r.trust_bundle {
+        m.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true}));
+    }
+    Value::Array(m)
+}
+
 fn sidecar_container(r: &Resolved, settings: &sidecar::Settings) -> Value {
     let rendered = settings.render();
     let http =
@@ -160,7 +175,7 @@ fn sidecar_container(r: &Resolved, settings: &sidecar::Settings) -> Value {
         "env": env(&rendered),
         "ports": [{"name": "kube-mtls-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "resources": r.resources,
-        "volumeMounts": [{"name": CERT_VOLUME, "mountPath": CERT_DIR, "readOnly": true}],
+        "volumeMounts": mounts(r),
         "readinessProbe": http("/ready"),
         "livenessProbe": http("/live"),
         "securityContext": {
@@ -358,6 +373,15 @@ pub fn redirect_mode(r: &Resolved) -> &'static str {
     if r.cni_mode { "cni" } else { "init" }
 }
 
+/// Where the sidecar takes the CAs it trusts: the status annotation's `trust`.
+pub fn trust_mode(r: &Resolved) -> &'static str {
+    if r.trust_bundle {
+        "configmap"
+    } else {
+        "secret"
+    }
+}
+
 /// The first init container's name: the privileged init, or CNI mode's check.
 pub fn first_init_name(r: &Resolved) -> &'static str {
     if r.cni_mode { VALIDATE_NAME } else { INIT_NAME }
@@ -388,12 +412,16 @@ fn place_containers(pod: &Value, r: &Resolved, first: Value, sidecar: Value, ops
     }
 }
 
-/// The volumes the injection adds: the certificates, and in init mode the
-/// init container's xtables lock directory.
+/// The volumes the injection adds: the certificates, the trust bundle (the
+/// namespace's ConfigMap, which the webhook's controller keeps), and in init
+/// mode the init container's xtables lock directory.
 fn volumes(r: &Resolved) -> Vec<Value> {
     let mut v = vec![
         json!({"name": CERT_VOLUME, "secret": {"secretName": r.secret_name(), "defaultMode": 0o444}}),
     ];
+    if r.trust_bundle {
+        v.push(json!({"name": TRUST_VOLUME, "configMap": {"name": TRUST_CONFIGMAP, "defaultMode": 0o444}}));
+    }
     if !r.cni_mode {
         v.push(json!({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}));
     }
@@ -451,6 +479,7 @@ fn status(r: &Resolved, volumes: &[Value], probe_keys: &[String]) -> String {
         "mode": r.mode.as_str(),
         "policy": r.policy.as_str(),
         "redirect": redirect_mode(r),
+        "trust": trust_mode(r),
         "initContainers": if r.native_sidecar { json!([first, SIDECAR_NAME]) } else { json!([first]) },
         "containers": if r.native_sidecar { json!([]) } else { json!([SIDECAR_NAME]) },
         "volumes": volume_names,
@@ -727,7 +756,7 @@ mod tests {
         let (patched, _) = injected(&p, true);
         assert_eq!(
             names(&patched["spec"]["volumes"]),
-            ["data", CERT_VOLUME, RUN_VOLUME]
+            ["data", CERT_VOLUME, TRUST_VOLUME, RUN_VOLUME]
         );
         assert_eq!(
             patched["spec"]["volumes"][1]["secret"]["secretName"],
@@ -804,7 +833,7 @@ mod tests {
                 serde_json::from_str(ann[STATUS].as_str().expect("status")).expect("JSON");
             assert_eq!(status["redirect"], "cni");
             assert_eq!(status["initContainers"][0], VALIDATE_NAME);
-            assert_eq!(status["volumes"], json!([CERT_VOLUME]));
+            assert_eq!(status["volumes"], json!([CERT_VOLUME, TRUST_VOLUME]));
             assert!(already_injected(&patched));
             assert_eq!(parse_back(&injection), Ok(()));
         }
@@ -851,6 +880,108 @@ mod tests {
             "{out}"
         );
         assert!(out["metadata"]["annotations"][STATUS].is_string(), "{out}");
+    }
+
+    /// The sidecar container of an injected pod (native or not).
+    fn sidecar_of(p: &Value) -> &Value {
+        all_containers(p)
+            .into_iter()
+            .find(|c| c["name"] == SIDECAR_NAME)
+            .expect("a sidecar")
+    }
+
+    #[test]
+    fn the_sidecar_trusts_the_namespaces_bundle_mounted_read_only() {
+        for native in [true, false] {
+            let (patched, injection) = injected(&pod().build(), native);
+            let volume = patched["spec"]["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == TRUST_VOLUME))
+                .expect("the trust volume");
+            assert_eq!(
+                volume["configMap"],
+                json!({"name": TRUST_CONFIGMAP, "defaultMode": 0o444})
+            );
+            let side = sidecar_of(&patched);
+            assert!(
+                side["volumeMounts"].as_array().is_some_and(|m| m.contains(
+                    &json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true})
+                )),
+                "{side}"
+            );
+            assert_eq!(
+                injection.sidecar.trust_bundle.as_deref(),
+                Some(std::path::Path::new(TRUST_BUNDLE_PATH))
+            );
+            assert!(
+                side["args"]
+                    .to_string()
+                    .contains(&format!("--trust-bundle={TRUST_BUNDLE_PATH}")),
+                "{side}"
+            );
+            assert_eq!(parse_back(&injection), Ok(()));
+            let status: Value = serde_json::from_str(
+                patched["metadata"]["annotations"][STATUS]
+                    .as_str()
+                    .expect("status"),
+            )
+            .expect("JSON");
+            assert_eq!(status["trust"], "configmap");
+        }
+    }
+
+    #[test]
+    fn with_the_secret_source_or_a_secret_of_its_own_the_pod_trusts_its_ca_crt() {
+        let secret_source = crate::resolve::Defaults {
+            trust_source: crate::trust::TrustSource::Secret,
+            ..defaults(true)
+        };
+        let own = pod().annotate("secret", "orders-tls").build();
+        for (p, d) in [(pod().build(), &secret_source), (own, &defaults(true))] {
+            let (patched, injection) = injected_with(&p, d);
+            assert!(!names(&patched["spec"]["volumes"]).contains(&TRUST_VOLUME));
+            let side = sidecar_of(&patched);
+            assert_eq!(
+                side["volumeMounts"],
+                json!([{"name": CERT_VOLUME, "mountPath": CERT_DIR, "readOnly": true}])
+            );
+            assert_eq!(injection.sidecar.trust_bundle, None);
+            assert!(
+                !side["args"].to_string().contains("--trust-bundle"),
+                "{side}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pod_of_another_issuer_trusts_its_ca_crt_and_is_told_why() {
+        let p = pod().annotate("issuer", "ClusterIssuer/team-ca").build();
+        let (r, warnings) =
+            resolve(&p, NS, &ClusterView::empty(), &defaults(true)).expect("resolves");
+        assert!(!r.trust_bundle);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("ClusterIssuer/team-ca") && w.contains("ca.crt")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn with_a_namespaced_issuer_there_is_no_bundle_to_follow_and_the_pod_is_told() {
+        let d = crate::resolve::Defaults {
+            issuer: "Issuer/team-ca".parse().expect("an issuer"),
+            ..defaults(true)
+        };
+        let (r, warnings) =
+            resolve(&pod().build(), NS, &ClusterView::empty(), &d).expect("resolves");
+        assert!(!r.trust_bundle);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("--trust-bundle-source=secret") && w.contains("Issuer/team-ca")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

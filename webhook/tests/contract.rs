@@ -3,14 +3,18 @@
 //! The init container's and the sidecar's args and environment, as injected
 //! into every golden case and for every documented annotation, are read back
 //! in process through `kube-mtls-init`'s and `kube-mtls-sidecar`'s own
-//! argument parsers and validation (the sidecar's certificate files are the
-//! only thing swapped, for a directory that has them). So are CNI mode's
-//! check (`--validate`) and its `kube-mtls.io/cni-redirect` list. Where the
-//! webhook's typed settings are at hand, the settings read back must equal them.
+//! argument parsers and validation (the sidecar's certificate files and
+//! trust bundle are the only things swapped, for a directory that has them).
+//! So are CNI mode's check (`--validate`) and its `kube-mtls.io/cni-redirect`
+//! list. Where the webhook's typed settings are at hand, the settings read
+//! back must equal them.
 
 use std::path::{Path, PathBuf};
 
-use kube_mtls_contract::names::{CERT_FILES, CNI_REDIRECT, INIT_NAME, SIDECAR_NAME, VALIDATE_NAME};
+use kube_mtls_contract::names::{
+    CERT_FILES, CNI_REDIRECT, INIT_NAME, SIDECAR_NAME, TRUST_BUNDLE_KEY, TRUST_BUNDLE_PATH,
+    VALIDATE_NAME,
+};
 use kube_mtls_contract::{init, parse_container, sidecar};
 use kube_mtls_webhook::admission::{Decision, decide};
 use kube_mtls_webhook::annotations::{DOCUMENTED, INJECT, PREFIX};
@@ -102,6 +106,10 @@ fn sidecar_accepts(c: &Value, certs: &Path) -> sidecar::Settings {
         .unwrap_or_else(|e| panic!("kube-mtls-sidecar refuses {args:?} {env:?}: {e}"));
     let mut local = parsed.clone();
     local.cert_dir = certs.to_owned();
+    if !local.trust_bundle.is_empty() {
+        assert_eq!(local.trust_bundle, TRUST_BUNDLE_PATH, "{args:?}");
+        local.trust_bundle = certs.join(TRUST_BUNDLE_KEY).display().to_string();
+    }
     if let Err(e) = kube_mtls_sidecar::config::Config::from_args(&local) {
         panic!("kube-mtls-sidecar refuses {args:?} {env:?}: {e}");
     }
@@ -118,7 +126,7 @@ fn sidecar_accepts(c: &Value, certs: &Path) -> sidecar::Settings {
 /// A directory with the certificate files the sidecar checks for.
 fn cert_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    for f in CERT_FILES {
+    for f in CERT_FILES.into_iter().chain([TRUST_BUNDLE_KEY]) {
         std::fs::write(dir.path().join(f), "").expect("write");
     }
     let path = dir.path().to_owned();

@@ -298,7 +298,12 @@ fn injected_pods_are_what_a_user_wants() {
     );
     assert_eq!(
         names(spec.get("volumes")),
-        vec!["data", "kube-mtls-certs", "kube-mtls-xtables"]
+        vec![
+            "data",
+            "kube-mtls-certs",
+            "kube-mtls-trust",
+            "kube-mtls-xtables"
+        ]
     );
 
     let out = docs(&inject(&golden_dir().join("statefulset-tcp-legacy.yaml")));
@@ -327,6 +332,72 @@ fn injected_pods_are_what_a_user_wants() {
 
     let input = docs(&std::fs::read_to_string(golden_dir().join("unchanged.yaml")).unwrap());
     assert_eq!(docs(&inject(&golden_dir().join("unchanged.yaml"))), input);
+}
+
+/// The sidecar's trust: `Some(path)` of its `--trust-bundle`, and whether the
+/// pod mounts the namespace's `kube-mtls-trust` ConfigMap there.
+fn trust_of(spec: &Value) -> (Option<String>, bool) {
+    let sidecar = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| spec.get(*l).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c["name"] == "kube-mtls-sidecar")
+        .expect("a sidecar");
+    let flag = sidecar["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--trust-bundle="))
+        .map(str::to_owned);
+    let mounted = sidecar["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| {
+            m["name"] == "kube-mtls-trust"
+                && m["mountPath"] == "/var/run/kube-mtls/trust"
+                && m["readOnly"] == true
+        });
+    let volume = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"] == "kube-mtls-trust" && v["configMap"]["name"] == "kube-mtls-trust");
+    (flag, mounted && volume)
+}
+
+#[test]
+fn sidecars_trust_the_namespaces_bundle_unless_told_to_trust_their_own_ca_crt() {
+    let input = golden_dir().join("trust-bundle-secret.yaml");
+    assert_eq!(args_for(&input), ["--trust-bundle-source=secret"]);
+    let bundle = docs(&inject_with(&input, &[]));
+    let spec = pod_specs(&bundle[0]).unwrap();
+    assert_eq!(
+        trust_of(spec),
+        (
+            Some("/var/run/kube-mtls/trust/ca-bundle.crt".to_owned()),
+            true
+        )
+    );
+    let own = docs(&inject(&input));
+    let spec = pod_specs(&own[0]).unwrap();
+    assert_eq!(trust_of(spec), (None, false));
+    assert_eq!(
+        names(spec.get("volumes")),
+        ["kube-mtls-certs", "kube-mtls-xtables"]
+    );
+    let status: Value = serde_json::from_str(
+        own[0]
+            .pointer("/spec/template/metadata/annotations/kube-mtls.io~1status")
+            .and_then(Value::as_str)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["trust"], "secret");
+    // A pod that brings its own Secret trusts its own ca.crt either way.
+    let legacy = docs(&inject(&golden_dir().join("statefulset-tcp-legacy.yaml")));
+    assert_eq!(trust_of(pod_specs(&legacy[0]).unwrap()), (None, false));
 }
 
 #[test]
@@ -362,7 +433,7 @@ fn in_cni_mode_the_check_comes_first_and_the_plugin_gets_the_init_args() {
         assert_eq!(check["securityContext"]["runAsUser"], 15337);
         assert_eq!(
             names(spec.get("volumes")),
-            ["kube-mtls-certs"],
+            ["kube-mtls-certs", "kube-mtls-trust"],
             "no xtables volume"
         );
         // The plugin's args are exactly the init container's in init mode,

@@ -9,11 +9,13 @@
 //! - [`selectors`]: what the webhook configuration sends to the webhook.
 //! - [`nodes`]: in CNI mode, the CNI agent on every node.
 //! - [`namespaces`]: Pod Security of every opted-in namespace.
+//! - [`trust`]: the trust bundle's CAs and where a CA rotation stands.
 
 pub mod namespaces;
 pub mod nodes;
 pub mod platform;
 pub mod selectors;
+pub mod trust;
 pub mod webhook;
 
 use std::collections::BTreeSet;
@@ -166,6 +168,7 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Vec<Line>, kube::Err
     lines.extend(selectors::check(&c));
     lines.extend(nodes::cni_agents(&c).await);
     lines.extend(namespaces::pod_security(&c));
+    lines.extend(trust::rotation(&c, opts).await);
     Ok(lines)
 }
 

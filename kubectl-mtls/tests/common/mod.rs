@@ -4,8 +4,9 @@
 //! creation as the webhook would (injected, not injected, or refused).
 //!
 //! [`Fake::installed`] starts from `deploy/kube-mtls.yaml` (the chart rendered
-//! with default values) plus the status a healthy cluster gives it, so the
-//! tests judge the chart's real objects; each test then breaks one thing.
+//! with default values) plus the status a healthy cluster gives it, and a
+//! trust bundle with one workload in `web`, so the tests judge the chart's
+//! real objects; each test then breaks one thing.
 
 #![allow(dead_code)]
 
@@ -18,6 +19,8 @@ use http_body_util::BodyExt;
 use kube::Client;
 use kube::client::Body;
 use kube_mtls_tests::certs::{Issued, Leaf, TestCa, Validity};
+use kube_mtls_webhook::trust::bundle::{self, Bundle, Entry, Retain};
+use kube_mtls_webhook::trust::der::{CaCert, pem_certs};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -134,7 +137,47 @@ impl Fake {
             f.edit(p, |o| ready(o, "Ready"));
         }
         f.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web", "labels": {"kube-mtls.io/inject": "enabled"}}}));
+        let workload_ca = TestCa::new("kube-mtls workload CA (cluster.local)");
+        f.trust_bundle(&[&workload_ca], &[]);
+        f.trust_configmap("web", &[&workload_ca]);
+        f.workload("web", "front", &workload_ca);
         f
+    }
+
+    /// The master trust bundle: `current` CAs, and `previous` ones kept until then.
+    pub fn trust_bundle(&mut self, current: &[&TestCa], previous: &[(&TestCa, i64)]) {
+        let mut b = Bundle::default();
+        for (ca, until) in previous {
+            let c = ca_cert(ca);
+            let entry = Entry {
+                ca: c.clone(),
+                retain: Retain::Until(*until),
+            };
+            b.cas.insert(c.fingerprint, entry);
+        }
+        let seen: Vec<CaCert> = current.iter().map(|ca| ca_cert(ca)).collect();
+        let b = bundle::merge(&b, &seen, NOW_2030, 86_400);
+        self.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-mtls-trust-bundle", "namespace": "kube-mtls", "labels": {"app.kubernetes.io/managed-by": "kube-mtls"}},
+            "data": b.data()}));
+    }
+
+    /// `kube-mtls-trust` in `ns` with these CAs.
+    pub fn trust_configmap(&mut self, ns: &str, cas: &[&TestCa]) {
+        let pem: String = cas.iter().map(|ca| ca_cert(ca).pem).collect();
+        self.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-mtls-trust", "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "kube-mtls"}},
+            "data": {"ca-bundle.crt": pem}}));
+    }
+
+    /// The workload Secret `kube-mtls-<sa>-tls` in `ns`, issued by `ca`.
+    pub fn workload(&mut self, ns: &str, sa: &str, ca: &TestCa) {
+        let issued = ca.issue(&Leaf::spiffe(&format!(
+            "spiffe://cluster.local/ns/{ns}/sa/{sa}"
+        )));
+        self.put(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("kube-mtls-{sa}-tls"), "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "kube-mtls"}},
+            "data": {"tls.crt": b64(&issued.cert_pem), "tls.key": b64(&issued.key_pem), "ca.crt": b64(&issued.ca_pem)}}));
     }
 
     pub fn put(&mut self, o: Value) {
@@ -360,4 +403,9 @@ fn not_found(what: &str) -> (StatusCode, Value) {
 /// The certificate material of a workload CA for tests.
 pub fn issued(ca: &TestCa, dns: &str, validity: Validity) -> Issued {
     ca.issue(&Leaf::dns(dns).validity(validity))
+}
+
+/// A CA's certificate as the trust bundle keeps it.
+pub fn ca_cert(ca: &TestCa) -> CaCert {
+    pem_certs(&ca.cert_pem).expect("a CA certificate").remove(0)
 }

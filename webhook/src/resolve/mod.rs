@@ -22,9 +22,10 @@ use kube_mtls_contract::sidecar::{MtlsMode, Policy};
 use serde_json::{Map, Value};
 
 use crate::annotations::{PROFILE, Rejection, annotation, annotations, reject};
-use crate::cluster::ClusterView;
+use crate::cluster::{ClusterView, TrustAvailability};
 use crate::profile::{IssuerRef, MtlsProfileSpec};
 use crate::resources;
+use crate::trust::TrustSource;
 
 /// Settings from the webhook's flags.
 #[derive(Debug, Clone)]
@@ -42,6 +43,9 @@ pub struct Defaults {
     pub mode: MtlsMode,
     /// For pods that set no policy.
     pub policy: Policy,
+    /// `--trust-bundle-source`: what the flag asks for; pods get the bundle
+    /// only when the cluster view has one (see [`Resolved::trust_bundle`]).
+    pub trust_source: TrustSource,
 }
 
 /// Everything the patch needs for one pod.
@@ -73,6 +77,12 @@ pub struct Resolved {
     pub mode: MtlsMode,
     /// Whether callers off the allow-list are refused or only counted.
     pub policy: Policy,
+    /// Whether the sidecar trusts the trust bundle (ConfigMap
+    /// `kube-mtls-trust`) rather than its own Secret's `ca.crt`: asked for by
+    /// `--trust-bundle-source=configmap`, there is a bundle, and the bundle
+    /// follows this pod's CA (its certificate comes from the webhook's
+    /// `--issuer`, not from a Secret of its own or another issuer).
+    pub trust_bundle: bool,
 }
 
 impl Resolved {
@@ -183,6 +193,7 @@ pub fn resolve(
     warnings.append(&mut adjusted);
     let native_sidecar = native_sidecar(&input, defaults)?;
     let modes = modes::resolve(&input, defaults, &ports.tcp, &mut warnings)?;
+    let trust_bundle = trust_bundle(&cert, view, defaults, &mut warnings);
     let resolved = Resolved {
         namespace: namespace.to_owned(),
         service_account: ids.service_account,
@@ -206,8 +217,49 @@ pub fn resolve(
         sidecar_image: defaults.sidecar_image.clone(),
         mode: modes.mode,
         policy: modes.policy,
+        trust_bundle,
     };
     Ok((resolved, warnings))
+}
+
+/// Whether the pod's sidecar trusts the trust bundle; a warning when
+/// `--trust-bundle-source=configmap` asked for it and this pod cannot have it.
+fn trust_bundle(
+    cert: &issuer::CertificateSource,
+    view: &ClusterView,
+    defaults: &Defaults,
+    warnings: &mut Vec<String>,
+) -> bool {
+    if defaults.trust_source != TrustSource::ConfigMap || cert.secret.is_some() {
+        return false;
+    }
+    if cert.issuer != defaults.issuer {
+        warnings.push(format!(
+            "kube-mtls: the pod's issuer {} is not the webhook's --issuer {}, whose CA the trust bundle follows: its sidecar trusts its own Secret's ca.crt, so rotating that CA cuts its traffic until every workload is re-issued",
+            cert.issuer, defaults.issuer
+        ));
+        return false;
+    }
+    if defaults.issuer.kind != "ClusterIssuer" {
+        let why = crate::trust::issuer::NotCa::Namespaced {
+            issuer: defaults.issuer.to_string(),
+        };
+        let reason = crate::trust::controller::fallback_message(&why);
+        warnings.push(format!(
+            "kube-mtls: this pod's sidecar trusts its own Secret's ca.crt, not the trust bundle: {reason}"
+        ));
+        return false;
+    }
+    match view.trust_bundle() {
+        TrustAvailability::Ready => true,
+        TrustAvailability::Pending => false,
+        TrustAvailability::Unavailable(why) => {
+            warnings.push(format!(
+                "kube-mtls: this pod's sidecar trusts its own Secret's ca.crt, not the trust bundle: {why}"
+            ));
+            false
+        }
+    }
 }
 
 #[cfg(test)]
