@@ -17,9 +17,9 @@
 use arbitrary::Arbitrary;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_mtls_fuzz::check_injection;
 use kube_mtls_contract::names::SIDECAR_PORTS;
 use kube_mtls_contract::ports::InboundPorts;
+use kube_mtls_fuzz::check_injection;
 use kube_mtls_webhook::annotations::{self, DOCUMENTED, PREFIX, PROFILE};
 use kube_mtls_webhook::cli::unset_defaults;
 use kube_mtls_webhook::cluster::ClusterView;
@@ -362,7 +362,9 @@ fuzz_target!(|input: Input| {
     let mut defaults = unset_defaults(input.native_default);
     defaults.cni_mode = input.cni_mode;
 
-    let Ok((resolved, _warnings)) = kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults) else {
+    let Ok((resolved, _warnings)) =
+        kube_mtls_webhook::resolve::resolve(&pod, NAMESPACE, &view, &defaults)
+    else {
         return; // refused with a reason: fine
     };
     let own = SIDECAR_PORTS;
