@@ -37,7 +37,9 @@ cargo-test:
 # kube-controller-manager, cert-manager) built from pinned Go modules, then
 # helm install, annotate, and injected pods serving mTLS; then the end-to-end
 # scenario on a real node (kubelet, containerd, kube-proxy, CoreDNS) with
-# images built from the Dockerfiles. Needs root, Go and containerd.
+# images built from the Dockerfiles, in both modes: init container, then CNI
+# (the chart's node agent chains kube-mtls-cni after the node's bridge).
+# Needs root, Go and containerd.
 cluster-test:
 	e2e/cluster/build.sh
 	$(CARGO) build --workspace --bins --locked

@@ -18,7 +18,9 @@
 # The Rust binaries are not compiled in a container: they are taken from
 # $KUBE_MTLS_IMAGE_BINARIES (default <repo>/target/debug; target/release works
 # too), which must already hold kube-mtls-sidecar, kube-mtls-init,
-# kube-mtls-webhook and kube-mtls-test-app (cargo build --workspace --bins).
+# kube-mtls-cni, kube-mtls-webhook and kube-mtls-test-app (cargo build
+# --workspace --bins). kube-mtls-cni need not be static here: the agent copies
+# it onto this same machine, whose libc it was linked against.
 #
 # Output, under $KUBE_MTLS_IMAGES (default <repo>/target/cluster/images):
 #   sidecar.tar webhook.tar test-app.tar pause.tar coredns.tar   OCI archives
@@ -85,7 +87,7 @@ if ((${#missing[@]})); then
 	echo "==> installed in $(elapsed "$start")"
 fi
 
-for b in kube-mtls-sidecar kube-mtls-init kube-mtls-webhook kube-mtls-test-app; do
+for b in kube-mtls-sidecar kube-mtls-init kube-mtls-cni kube-mtls-webhook kube-mtls-test-app; do
 	[[ -x $bins/$b ]] || die "$bins/$b not found: build the binaries first (cargo build --workspace --bins), or set KUBE_MTLS_IMAGE_BINARIES"
 done
 
@@ -210,7 +212,7 @@ fi
 ctx=$out/context
 rm -rf "$ctx"
 mkdir -p "$ctx"
-for b in kube-mtls-sidecar kube-mtls-init kube-mtls-webhook kube-mtls-test-app; do
+for b in kube-mtls-sidecar kube-mtls-init kube-mtls-cni kube-mtls-webhook kube-mtls-test-app; do
 	# A hard link is instant; cargo replaces, never rewrites, its outputs.
 	ln -f "$bins/$b" "$ctx/$b" 2>/dev/null || cp -p "$bins/$b" "$ctx/$b"
 done
@@ -266,7 +268,7 @@ build() {
 	archive "$name" "$image"
 }
 
-build sidecar "$sidecar_image" "$repo/Dockerfile.sidecar" "kube-mtls-sidecar kube-mtls-init" \
+build sidecar "$sidecar_image" "$repo/Dockerfile.sidecar" "kube-mtls-sidecar kube-mtls-init kube-mtls-cni" \
 	--build-arg BINARIES=prebuilt
 build webhook "$webhook_image" "$repo/Dockerfile.webhook" kube-mtls-webhook \
 	--build-arg BINARIES=prebuilt --build-arg BASE="$base_image"

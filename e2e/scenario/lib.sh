@@ -3,7 +3,8 @@
 # kubectl as $KUBECTL, how a check fails, and polling with a deadline.
 KUBECTL=${KUBECTL:-kubectl}
 k() { $KUBECTL "$@"; }
-log() { printf '==> %s\n' "$*"; }
+# Each step with the seconds since the script started, for where the time goes.
+log() { printf '==> %s (at %ss)\n' "$*" "$SECONDS"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 # wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds.
 wait_for() {

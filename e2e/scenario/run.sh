@@ -7,6 +7,12 @@
 # and the cluster test on a real node (tests/tests/node), so they cannot drift.
 #
 #   KUBECTL, HELM: the commands (default kubectl, helm); TAG: image tag (e2e).
+#   KUBE_MTLS_CNI=1, CNI_BIN_DIR, CNI_CONF_DIR: CNI mode (steps.sh): the same
+#     checks with the app's namespaces enforcing Pod Security `restricted`,
+#     plus a pod repaired after starting without the plugin, and the node's
+#     CNI configuration clean after uninstall (cni.sh).
+#   RULES_OUT: a file for the nat rules of orders' network namespace (cni.sh's
+#     pod_nat_rules), for a comparison of the two modes; needs the node (ON_NODE).
 # Waits are `kubectl wait`/`rollout status` (no fixed sleeps); every failure
 # names the check.
 set -euo pipefail
@@ -17,9 +23,15 @@ TAG=${TAG:-e2e}
 . "$here/lib.sh"
 # shellcheck source=e2e/scenario/steps.sh
 . "$here/steps.sh"
+# shellcheck source=e2e/scenario/cni.sh
+. "$here/cni.sh"
 
-log "helm install kube-mtls (images :$TAG)"
+if cni_mode; then mode="CNI mode: $CNI_BIN_DIR, $CNI_CONF_DIR"; else mode="init-container mode"; fi
+log "helm install kube-mtls (images :$TAG, $mode)"
 install_chart
+if cni_mode; then
+  check_cni_installed
+fi
 
 log "check: helm test (an opted-in pod comes up with a ready sidecar)"
 $HELM test kube-mtls --namespace kube-mtls --timeout 5m
@@ -28,8 +40,25 @@ log "app, Job and callers"
 deploy_workloads
 # For a capture on the wire, where a test can take one (tests/tests/node).
 echo "caller web/client has IP $(k -n web get pod client -o jsonpath='{.status.podIP}')"
-status=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.annotations.kube-mtls\.io/status}')
+orders=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.name}')
+status=$(k -n shop get pod "$orders" -o jsonpath='{.metadata.annotations.kube-mtls\.io/status}')
 [ -n "$status" ] || fail "the orders pod was not injected"
+
+log "check: the injected pod's first init container is the mode's, and only the default mode's adds capabilities"
+first=$(k -n shop get pod "$orders" -o jsonpath='{.spec.initContainers[0].name}')
+added=$(k -n shop get pod "$orders" -o jsonpath='{range .spec.initContainers[*]}{.securityContext.capabilities.add}{end}{range .spec.containers[*]}{.securityContext.capabilities.add}{end}')
+if cni_mode; then
+  [ "$first" = kube-mtls-validate ] || fail "the orders pod's first init container is '$first', want kube-mtls-validate"
+  [ -z "$added" ] || fail "a container of the orders pod adds capabilities in CNI mode: $added"
+  psa=$(k get namespace shop -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}')
+  [ "$psa" = restricted ] || fail "namespace shop enforces '$psa', want restricted"
+else
+  [ "$first" = kube-mtls-init ] || fail "the orders pod's first init container is '$first', want kube-mtls-init"
+fi
+if [ -n "${RULES_OUT:-}" ]; then
+  pod_nat_rules shop "$orders" >"$RULES_OUT"
+  echo "orders' nat rules: $RULES_OUT ($(grep -c KUBE_MTLS "$RULES_OUT") lines name KUBE_MTLS)"
+fi
 
 log "check: the allowed caller's plaintext call leaves as mTLS and the app sees who called"
 body=$(call web "$URL/hello")
@@ -69,6 +98,10 @@ wait "$inflight" || true
 rm -f "$out"
 k -n shop rollout status deployment/orders --timeout=120s
 
+if cni_mode; then
+  check_repair
+fi
+
 log "check: helm uninstall and the README's clean-up leave nothing behind"
 k delete -f "$here/manifests.yaml" --wait=true --timeout=120s
 $HELM uninstall kube-mtls --namespace kube-mtls --wait
@@ -78,5 +111,8 @@ left=$(k get mutatingwebhookconfigurations,clusterroles,clusterrolebindings,clus
 [ -z "$left" ] || fail "left behind: $left"
 left=$(k get certificates.cert-manager.io -A -l app.kubernetes.io/managed-by=kube-mtls -o name)
 [ -z "$left" ] || fail "Certificates left behind: $left"
+if cni_mode; then
+  check_cni_removed
+fi
 
 log "all end-to-end checks passed"

@@ -35,6 +35,9 @@ use crate::process::{output_with_input, wait_until};
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 1);
 /// Service ClusterIPs; routed to that veth, then DNATed per Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Pod addresses of the whole cluster; node IPAM gives the node its /24
+/// ([`POD_CIDR`]) from it.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Every binary the cluster runs, built by `e2e/cluster/build.sh`.
 const BINARIES: [&str; 6] = [
     "etcd",
@@ -393,26 +396,17 @@ impl Cluster {
         let p = |f: &str| self.pki.path(f).display().to_string();
         let args = vec![
             format!("--kubeconfig={}", self.dir.join("kcm.kubeconfig").display()),
-            // What the tests use: namespaces and service accounts, owners and
-            // garbage, Deployments, Jobs, Services' EndpointSlices, the node's
-            // taints and PodDisruptionBudgets.
-            format!(
-                "--controllers={}",
-                [
-                    "namespace-controller",
-                    "serviceaccount-controller",
-                    "serviceaccount-token-controller",
-                    "garbage-collector-controller",
-                    "deployment-controller",
-                    "replicaset-controller",
-                    "job-controller",
-                    "endpointslice-controller",
-                    "node-lifecycle-controller",
-                    "disruption-controller",
-                    "root-ca-certificate-publisher-controller",
-                ]
-                .join(",")
-            ),
+            // Every controller a cluster runs by default (DaemonSets,
+            // StatefulSets, CronJobs among them), as on any real cluster.
+            "--controllers=*".to_owned(),
+            // What two of them need to do anything: the CSR signer a CA of
+            // its own, node IPAM the pod range it hands the node its
+            // `podCIDR` from (the node's bridge serves that same /24).
+            format!("--cluster-signing-cert-file={}", p("csr-signer.crt")),
+            format!("--cluster-signing-key-file={}", p("csr-signer.key")),
+            "--allocate-node-cidrs=true".to_owned(),
+            format!("--cluster-cidr={CLUSTER_CIDR}"),
+            "--node-cidr-mask-size=24".to_owned(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             // Each controller acts as its own service account, with the

@@ -1,7 +1,9 @@
 //! A real node for the cluster: containerd (Debian's) with runc and the CNI
 //! bridge plugin, the kubelet, kube-proxy and kube-scheduler, all in the
 //! cluster's network namespace, so pods get addresses on a bridge there and
-//! Services are routed by the real kube-proxy.
+//! Services are routed by the real kube-proxy. The node's CNI directories
+//! (plugins, configuration) are its own, under the cluster's directory, so a
+//! CNI DaemonSet that installs a plugin there leaves the host untouched.
 //!
 //! What this machine needs, and why:
 //! - cgroup v1: the kubelet runs with `failCgroupV1: false` and the cgroupfs
@@ -24,6 +26,8 @@ pub const NODE_NAME: &str = "kmtls-node";
 pub const POD_CIDR: &str = "10.244.0.0/24";
 /// The cluster DNS Service's ClusterIP.
 pub const DNS_IP: &str = "10.96.0.10";
+/// Where containernetworking-plugins (Debian's) puts the CNI plugins.
+const HOST_CNI_BIN: &str = "/usr/lib/cni";
 
 impl Cluster {
     /// Starts containerd, the kubelet, kube-scheduler and kube-proxy, and waits
@@ -33,6 +37,7 @@ impl Cluster {
             ("containerd", "containerd"),
             ("runc", "runc"),
             ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+            ("/usr/lib/cni/portmap", "containernetworking-plugins"),
         ] {
             let found = std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -107,12 +112,31 @@ impl Cluster {
             .expect("kubelet serving cert");
     }
 
+    /// The node's CNI plugin directory (containerd's `bin_dir`): links to the
+    /// host's plugins (containernetworking-plugins), and whatever a CNI
+    /// DaemonSet installs, which so never writes into the host's /usr/lib/cni.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.node_dir().join("cni-bin")
+    }
+
+    /// The node's CNI configuration directory (containerd's `conf_dir`).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.node_dir().join("cni")
+    }
+
+    /// The node's primary conflist (bridge, portmap): what a chained plugin's
+    /// installer appends its entry to.
+    pub fn cni_conflist(&self) -> PathBuf {
+        self.cni_conf_dir().join("10-bridge.conflist")
+    }
+
     fn start_containerd(&mut self) {
         let dir = self.node_dir();
-        let cni = dir.join("cni");
+        let cni = self.cni_conf_dir();
         std::fs::create_dir_all(&cni).expect("node dir");
-        std::fs::write(cni.join("10-kube-mtls.conflist"), cni_config(&dir)).expect("CNI config");
-        let config = containerd_config(&dir, &self.containerd_socket(), &cni);
+        link_host_plugins(&self.cni_bin_dir());
+        std::fs::write(self.cni_conflist(), cni_config(&dir)).expect("CNI config");
+        let config = containerd_config(&dir, &self.containerd_socket(), &self.cni_bin_dir(), &cni);
         std::fs::write(dir.join("containerd.toml"), config).expect("containerd config");
         let args = vec![format!(
             "--config={}",
@@ -243,9 +267,19 @@ pub(super) fn cgroup_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Links every plugin of the host's /usr/lib/cni into `bin`.
+fn link_host_plugins(bin: &Path) {
+    std::fs::create_dir_all(bin).expect("CNI bin dir");
+    let host = std::fs::read_dir(HOST_CNI_BIN).unwrap_or_else(|e| panic!("{HOST_CNI_BIN}: {e}"));
+    for plugin in host.flatten() {
+        std::os::unix::fs::symlink(plugin.path(), bin.join(plugin.file_name()))
+            .expect("link a CNI plugin");
+    }
+}
+
 fn cni_config(dir: &Path) -> String {
     format!(
-        r#"{{"cniVersion": "1.0.0", "name": "kube-mtls", "plugins": [
+        r#"{{"cniVersion": "1.0.0", "name": "bridge", "plugins": [
   {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]],
             "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}},
@@ -254,7 +288,7 @@ fn cni_config(dir: &Path) -> String {
     )
 }
 
-fn containerd_config(dir: &Path, socket: &Path, cni: &Path) -> String {
+fn containerd_config(dir: &Path, socket: &Path, bin: &Path, cni: &Path) -> String {
     format!(
         r#"version = 2
 root = "{root}"
@@ -270,12 +304,13 @@ state = "{state}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{bin}"
     conf_dir = "{cni}"
 "#,
         root = dir.join("containerd").display(),
         state = dir.join("containerd-state").display(),
         socket = socket.display(),
+        bin = bin.display(),
         cni = cni.display(),
     )
 }

@@ -1,6 +1,7 @@
 //! The control plane's own credentials, generated for every run: a cluster CA,
 //! the API server's serving certificate, client certificates for the admin and
-//! the controller manager, and the service-account signing key pair.
+//! the controller manager, the service-account signing key pair, and the CA
+//! the controller manager signs CertificateSigningRequests with.
 //!
 //! Nothing is committed; every key is new each run.
 
@@ -48,6 +49,7 @@ impl Pki {
             .map_err(std::io::Error::other)?;
         std::fs::write(dir.join("sa.key"), sa.serialize_pem())?;
         std::fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
+        csr_signer(dir)?;
         Ok((pki, ca))
     }
 
@@ -66,4 +68,21 @@ impl Pki {
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+}
+
+/// `csr-signer.crt` and `.key`: a CA for the controller manager's CSR signer
+/// (kept apart from the cluster CA, whose key never touches the disk).
+fn csr_signer(dir: &Path) -> std::io::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(std::io::Error::other)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(std::io::Error::other)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-mtls test cluster CSR signer");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("csr-signer.crt"), cert.pem())?;
+    std::fs::write(dir.join("csr-signer.key"), key.serialize_pem())
 }
