@@ -6,53 +6,19 @@
 //! 720h/240h lifetime, while the webhook's flags say 24h/8h: the controller
 //! must keep the profile's lifetime, not fall back to the flags.
 
+mod api_mock;
+
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use kube::Client;
 use kube::api::DynamicObject;
-use kube::client::Body;
 use kube_mtls_webhook::certificate::{DesiredCertificate, ensure_certificate};
 use kube_mtls_webhook::controller::{Context, Outcome, reconcile_certificate};
 use kube_mtls_webhook::profile::IssuerRef;
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-fn mock() -> (Client, ApiHandle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(svc, "default"), handle)
-}
-
-/// Takes the next request, checks method and path, returns its JSON body.
-async fn expect(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-) -> (Value, String, SendResponse<Response<Body>>) {
-    let (req, send) = handle.next_request().await.expect("a request");
-    assert_eq!(req.method(), method, "{}", req.uri());
-    assert_eq!(req.uri().path(), path);
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (body, query, send)
-}
-
-fn reply(send: SendResponse<Response<Body>>, status: StatusCode, body: Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-}
+use api_mock::{ApiHandle, expect, mock, reply};
 
 fn not_found(what: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",

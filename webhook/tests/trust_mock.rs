@@ -7,16 +7,16 @@
 //! namespace's `kube-mtls-trust` get the new CA while keeping the old one,
 //! and a reconcile that finds nothing to change sends nothing.
 
+mod api_mock;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::Client;
-use kube::client::Body;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube_mtls_tests::certs::TestCa;
@@ -32,46 +32,12 @@ use kube_mtls_webhook::trust::controller::{
 use kube_mtls_webhook::trust::der::{CaCert, pem_certs};
 use kube_mtls_webhook::trust::{TrustShared, TrustView};
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+use api_mock::{ApiHandle, expect, mock, reply};
 
 const NOW: i64 = 1_893_456_000; // 2030-01-01
 const DAY: i64 = 86_400;
 const MASTER: &str = "/api/v1/namespaces/kube-mtls/configmaps/kube-mtls-trust-bundle";
-
-fn mock() -> (Client, ApiHandle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(svc, "default"), handle)
-}
-
-/// Takes the next request, checks method and path, returns its JSON body and query.
-async fn expect(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-) -> (Value, String, SendResponse<Response<Body>>) {
-    let (req, send) = handle.next_request().await.expect("a request");
-    assert_eq!(req.method(), method, "{}", req.uri());
-    assert_eq!(req.uri().path(), path);
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (body, query, send)
-}
-
-fn reply(send: SendResponse<Response<Body>>, status: StatusCode, body: Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-}
 
 /// Answers a server-side apply with what was sent, and returns it.
 async fn applied(api: &mut ApiHandle, path: &str) -> Value {
