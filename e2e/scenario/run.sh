@@ -11,6 +11,9 @@
 #     checks with the app's namespaces enforcing Pod Security `restricted`,
 #     plus a pod repaired after starting without the plugin, and the node's
 #     CNI configuration clean after uninstall (cni.sh).
+#   CA_ROTATION=1: also rotate the workload CA's key under traffic
+#     (ca-rotation.sh; KUBECTL_MTLS, default `kubectl mtls`, logs where the
+#     rotation stands). The node test sets it in the default mode only.
 #   RULES_OUT: a file for the nat rules of orders' network namespace (cni.sh's
 #     pod_nat_rules), for a comparison of the two modes; needs the node (ON_NODE).
 # Waits are `kubectl wait`/`rollout status` (no fixed sleeps); every failure
@@ -83,6 +86,11 @@ phase=$(k -n shop get pods -l job-name=report -o jsonpath='{.items[0].status.pha
 
 log "check: re-issuance under traffic"
 "$here/rotate.sh"
+
+if [ "${CA_ROTATION:-0}" = 1 ]; then
+  log "check: a rotation of the CA's key under traffic costs no call"
+  HELM=$HELM "$here/ca-rotation.sh"
+fi
 
 log "check: deleting a pod lets the request in flight finish, within the grace period"
 pod=$(k -n shop get pods -l app=orders -o jsonpath='{.items[0].metadata.name}')

@@ -11,6 +11,9 @@
 //! enforce Pod Security `restricted`; a pod that started before the plugin
 //! is repaired; uninstall leaves the node's CNI configuration clean and new
 //! pods start). The app pod's nat rules, captured in each, must be the same.
+//! The default-mode pass also rotates the workload CA's key under traffic
+//! (`e2e/scenario/ca-rotation.sh`, CA_ROTATION=1): 0 failed calls, and the
+//! retired CA's certificates refused.
 //!
 //! Run it alone with `make cluster-test`. `demo` tests `make demo` on the
 //! same kind of cluster.
@@ -82,10 +85,20 @@ fn scenario(c: &Cluster, mode: Mode) -> PathBuf {
         .env("HELM_DATA_HOME", c.dir.join("helm/data"))
         .env("RULES_OUT", &rules)
         .stdin(Stdio::null());
-    if let Mode::Cni = mode {
-        run.env("KUBE_MTLS_CNI", "1")
-            .env("CNI_BIN_DIR", c.cni_bin_dir())
-            .env("CNI_CONF_DIR", c.cni_conf_dir());
+    match mode {
+        // The CA key rotation under traffic (e2e/scenario/ca-rotation.sh) in
+        // one mode only: it exercises the trust bundle, not the redirect.
+        Mode::Init => {
+            run.env("CA_ROTATION", "1").env(
+                "KUBECTL_MTLS",
+                repo_root().join("target/debug/kubectl-mtls"),
+            );
+        }
+        Mode::Cni => {
+            run.env("KUBE_MTLS_CNI", "1")
+                .env("CNI_BIN_DIR", c.cni_bin_dir())
+                .env("CNI_CONF_DIR", c.cni_conf_dir());
+        }
     }
     let out = run.output().expect("run the scenario");
     let text = format!(
